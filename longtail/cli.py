@@ -1,0 +1,132 @@
+"""``longtail`` command line: train, eval, data stats, recipes."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from .errors import LongtailError
+
+
+def _table(metrics: dict, title: str = "") -> str:
+    fmt = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
+    head = f"{'':<14}{'top1':>8}{'top5':>8}{'many':>8}{'medium':>8}{'few':>8}"
+    row = f"{title:<14}" + "".join(f"{fmt(metrics.get(k)):>8}" for k in ("top1", "top5", "many", "medium", "few"))
+    return f"{head}\n{row}"
+
+
+def cmd_recipes(args) -> int:
+    from .config import available_recipes
+
+    for name in available_recipes():
+        print(name)
+    return 0
+
+
+def cmd_stats(args) -> int:
+    from .config import DataConfig, validate, Recipe
+    from .data.build import dataset_stats, resolve_data_root
+
+    cfg = DataConfig(dataset=args.dataset, imbalance=args.imbalance, profile=args.profile)
+    if args.many is not None:
+        cfg.many_threshold = args.many
+    if args.few is not None:
+        cfg.few_threshold = args.few
+    validate(Recipe(data=cfg))
+    root = None if args.dataset.startswith("cifar") else resolve_data_root(args.data_root, None)
+    stats = dataset_stats(cfg, root) if root is not None else dataset_stats(cfg)
+    if args.json:
+        print(json.dumps(stats))
+    else:
+        g = stats["groups"]
+        print(f"{stats['dataset']}: {stats['num_classes']} classes, {stats['num_train']} training images")
+        print(f"counts: max {max(stats['counts'])}, min {min(stats['counts'])}")
+        print(f"classes per group: many {g['many']}, medium {g['medium']}, few {g['few']}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .config import load_recipe
+    from .engine.pipeline import run_recipe
+
+    overrides = list(args.set or [])
+    if args.seed is not None:
+        overrides.append(f"runtime.seed={args.seed}")
+    if args.device is not None:
+        overrides.append(f"runtime.device={args.device}")
+    recipe = load_recipe(args.recipe, overrides, args.epochs_scale)
+    out = Path(args.out or Path("runs") / recipe.name.replace("/", "_"))
+    results = run_recipe(recipe, out, data_root=args.data_root, resume=args.resume)
+    if int(os.environ.get("RANK", "0")) == 0:
+        for name, m in results["stages"].items():
+            print(_table(m, name))
+        print(f"results: {out / 'results.json'}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .engine.evaluate_checkpoint import evaluate_checkpoint
+
+    metrics = evaluate_checkpoint(args.checkpoint, data_root=args.data_root, device=args.device, split=args.split)
+    print(json.dumps(metrics) if args.json else _table(metrics, args.split))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="longtail", description="Long-tailed image recognition in plain PyTorch.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a recipe (all its stages)")
+    t.add_argument("recipe", help="recipe name (see 'longtail recipes') or a YAML path")
+    t.add_argument("--out", help="run folder (default runs/<recipe>)")
+    t.add_argument("--data-root", help="dataset folder (default $LONGTAIL_DATA, then ~/.cache/longtail)")
+    t.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
+    t.add_argument("--seed", type=int)
+    t.add_argument("--epochs-scale", type=float, help="multiply every stage's epochs (at least 1), for quick runs")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe field, e.g. data.imbalance=50")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="evaluate a checkpoint on the test split")
+    e.add_argument("checkpoint")
+    e.add_argument("--data-root")
+    e.add_argument("--device")
+    e.add_argument("--split", default="test", choices=["test", "val"])
+    e.add_argument("--json", action="store_true", help="print the full metrics as JSON (default: a table)")
+    e.set_defaults(func=cmd_eval)
+
+    d = sub.add_parser("data", help="dataset tools")
+    dsub = d.add_subparsers(dest="data_command", required=True)
+    s = dsub.add_parser("stats", help="class counts and shot groups of a dataset")
+    s.add_argument("dataset", help="cifar100-lt, cifar10-lt, imagenet-lt, places-lt, inat2018, ...")
+    s.add_argument("--imbalance", type=float, default=100.0)
+    s.add_argument("--profile", default="exp", choices=["exp", "step"])
+    s.add_argument("--many", type=int, help="many-shot: more than this many images (default 100)")
+    s.add_argument("--few", type=int, help="few-shot: fewer than this many images (default 20)")
+    s.add_argument("--data-root")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_stats)
+
+    r = sub.add_parser("recipes", help="list the recipes")
+    r.set_defaults(func=cmd_recipes)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    warnings.formatwarning = lambda msg, cat, *a, **k: f"longtail: warning: {msg}\n"
+    try:
+        return args.func(args)
+    except LongtailError as e:
+        print(f"longtail: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("longtail: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

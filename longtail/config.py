@@ -1,0 +1,399 @@
+"""Typed configuration: dataclasses, YAML recipes, ``--set`` overrides.
+
+A recipe is YAML that maps onto :class:`Recipe`. Every key is checked: an
+unknown key, a wrong type or a bad value raises :class:`ConfigError` naming the
+dotted key (``stages.ce.optim.lrr``), so a typo never silently trains the
+wrong thing. A recipe may ``extends:`` another one; mappings merge key by key
+and stages merge by name.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import re
+
+import yaml
+
+from .errors import ConfigError
+
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.2 booleans: only true/false, so ``amp: off`` stays the string 'off'."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    k: [(tag, rx) for tag, rx in v if tag != "tag:yaml.org,2002:bool"] for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+
+
+def yaml_load(text: str):
+    return yaml.load(text, Loader=_Loader)
+
+
+# --------------------------------------------------------------------------- schema
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "cifar100-lt"  # cifar10-lt | cifar100-lt | cifar10 | cifar100 | imagenet-lt | places-lt | inat2017 | inat2018 | folder
+    imbalance: float = 100.0  # CIFAR-LT imbalance factor n_max / n_min, >= 1
+    profile: str = "exp"  # CIFAR-LT profile: exp | step
+    lt_seed: int = 0  # numpy seed of the per-class shuffle (LDAM-DRW uses 0)
+    val_per_class: int = 20  # balanced validation images per class, drawn outside the training subset
+    val_seed: int = 0
+    root: str | None = None  # data root; else --data-root, $LONGTAIL_DATA, the user cache
+    download: bool = True  # fetch official archives that are absent
+    image_root: str | None = None  # split-file datasets: folder the split paths are relative to
+    train_split: str | None = None  # split-file datasets: paths of the split lists (default names otherwise)
+    val_split: str | None = None
+    test_split: str | None = None
+    image_size: int = 0  # decode size for file datasets (0: the dataset's default)
+    cache: bool = False  # keep a memory-mapped uint8 cache of decoded file images
+    many_threshold: int = 100  # many-shot: n_c > many_threshold
+    few_threshold: int = 20  # few-shot: n_c < few_threshold
+    on_device: bool = True  # hold tensor datasets on the training device
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "resnet32"
+    head: str = "linear"  # linear | cosine
+    cosine_scale: float = 20.0
+    neck_dim: int = 0  # > 0: a linear layer to this width after pooling (OLTR's 512-d FC)
+    pretrained: str | None = None  # a local torchvision-format ResNet state dict
+    zero_init_residual: bool = False
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 2e-4
+    nesterov: bool = False
+
+
+@dataclass
+class ScheduleConfig:
+    kind: str = "multistep"  # multistep | cosine | constant
+    warmup_epochs: float = 0.0  # linear warm-up from 0 to lr, per step
+    milestones: list[float] = field(default_factory=list)  # multistep: epochs at which lr *= gamma
+    gamma: float = 0.1
+    final_lr: float = 0.0  # cosine: the lr it decays to
+
+
+@dataclass
+class StageConfig:
+    name: str = "main"
+    method: str = "ce"
+    init: str = "fresh"  # fresh | the name of an earlier stage to start from
+    sampler: str = "instance"  # instance | class_balanced | sqrt
+    samples_per_class: int = 4  # class-balanced: Z images per drawn class
+    epoch_length: str = "dataset"  # dataset: N images per epoch | balanced: max_count * num_classes
+    epochs: int = 200
+    batch_size: int = 128  # global batch, split over DDP ranks
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    augment: Any = "cifar"  # a preset name or a list of ops
+    eval_augment: Any = "eval"
+    select: str = "last"  # last | best_val (selection uses the validation split only)
+    params: dict = field(default_factory=dict)  # the method's own options, checked by the method
+
+
+@dataclass
+class RuntimeConfig:
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: str = "auto"  # auto (bf16 where fast) | bf16 | fp16 | off
+    channels_last: bool = True
+    compile: bool = False  # torch.compile: +10% on CPU after a 45-60 s cold compile
+    seed: int = 0
+    threads: int = 0  # torch intra-op threads (0: leave as is)
+    eval_every: int = 0  # evaluate on validation every N epochs (0: only at the end of a stage)
+    checkpoint_every: int = 0  # also checkpoint every N steps inside an epoch (0: only at epoch ends)
+    eval_batch_size: int = 512
+    progress: bool = True
+    tensorboard: bool = True
+
+
+@dataclass
+class Recipe:
+    name: str = ""
+    description: str = ""
+    reference: str = ""  # where the numbers come from (paper, table)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    stages: list[StageConfig] = field(default_factory=lambda: [StageConfig()])
+
+    def stage(self, name: str) -> StageConfig:
+        for s in self.stages:
+            if s.name == name:
+                return s
+        raise ConfigError(f"no stage named {name!r}; stages are {[s.name for s in self.stages]}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def hash(self) -> str:
+        blob = json.dumps(self.to_dict(), sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+CHOICES = {
+    "profile": ("exp", "step"),
+    "head": ("linear", "cosine"),
+    "kind": ("multistep", "cosine", "constant"),
+    "sampler": ("instance", "class_balanced", "sqrt"),
+    "epoch_length": ("dataset", "balanced"),
+    "select": ("last", "best_val"),
+    "amp": ("auto", "bf16", "fp16", "off"),
+}
+
+
+# --------------------------------------------------------------------------- dict -> dataclass
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value, tp, key: str):
+    """Check ``value`` against the annotation ``tp``; return it converted."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{key}: bad value {value!r}")
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, key)
+    if origin is list:
+        (item,) = typing.get_args(tp) or (Any,)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(v, item, f"{key}.{i}") for i, v in enumerate(value)]
+    if tp is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML reads "2e-4" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")
+
+
+def from_dict(cls, data, prefix: str = ""):
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys by their dotted name."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'recipe'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            raise ConfigError(f"unknown config key {dotted!r}; valid keys here: {', '.join(sorted(names))}")
+        kwargs[key] = _coerce(value, hints[key], dotted)
+        if key in CHOICES and kwargs[key] not in CHOICES[key]:
+            raise ConfigError(f"{dotted}: {kwargs[key]!r} is not one of {', '.join(CHOICES[key])}")
+    return cls(**kwargs)
+
+
+def parse_params(cls, params: dict, stage: str):
+    """Check a stage's method-specific ``params`` against the method's dataclass."""
+    return from_dict(cls, params, f"stages.{stage}.params")
+
+
+# --------------------------------------------------------------------------- YAML, extends, overrides
+
+
+def _merge(base, over):
+    if isinstance(base, dict) and isinstance(over, dict):
+        out = dict(base)
+        for k, v in over.items():
+            out[k] = _merge(base[k], v) if k in base and k != "stages" else v
+        if "stages" in over and "stages" in base:
+            out["stages"] = _merge_stages(base["stages"], over["stages"])
+        return out
+    return copy.deepcopy(over)
+
+
+def _merge_stages(base: list, over: list) -> list:
+    """Stages merge by name, so a derived recipe can change one stage's field."""
+    by_name = {s.get("name", "main"): s for s in base if isinstance(s, dict)}
+    out = []
+    for s in over:
+        name = s.get("name", "main") if isinstance(s, dict) else None
+        out.append(_merge(by_name[name], s) if name in by_name else s)
+    return out
+
+
+def available_recipes() -> list[str]:
+    return sorted(
+        str(p.relative_to(RECIPES_DIR).with_suffix(""))
+        for p in RECIPES_DIR.rglob("*.yaml")
+        if not any(part.startswith("_") for part in p.relative_to(RECIPES_DIR).parts)
+    )
+
+
+def resolve_recipe_path(name_or_path: str) -> Path:
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml"):
+        if not p.is_file():
+            raise ConfigError(f"recipe file {str(p)!r} does not exist")
+        return p
+    candidate = RECIPES_DIR / f"{name_or_path}.yaml"
+    if candidate.is_file():
+        return candidate
+    close = [r for r in available_recipes() if name_or_path.split("/")[-1] in r][:5]
+    hint = f"; similar: {', '.join(close)}" if close else "; run 'longtail recipes' for the list"
+    raise ConfigError(f"unknown recipe {name_or_path!r}{hint}")
+
+
+def _read_yaml(path: Path, seen: tuple = ()) -> dict:
+    if path.resolve() in seen:
+        raise ConfigError(f"recipe {path}: 'extends' forms a cycle")
+    try:
+        data = yaml_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"recipe {path}: invalid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"recipe {path}: expected a mapping at the top level")
+    parent = data.pop("extends", None)
+    if parent:
+        base_path = (path.parent / parent) if str(parent).endswith((".yaml", ".yml")) else resolve_recipe_path(parent)
+        data = _merge(_read_yaml(base_path, seen + (path.resolve(),)), data)
+    return data
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+    key, raw = item.split("=", 1)
+    try:
+        value = yaml_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_override(data: dict, path: list[str], value, dotted: str):
+    node = data
+    for i, part in enumerate(path[:-1]):
+        if isinstance(node, list):  # stages: by name, or by position
+            match = [s for s in node if isinstance(s, dict) and s.get("name") == part]
+            if match:
+                node = match[0]
+            elif part.isdigit() and int(part) < len(node):
+                node = node[int(part)]
+            else:
+                raise ConfigError(f"--set {dotted}: no stage {part!r}")
+        else:
+            node = node.setdefault(part, {})
+        if not isinstance(node, (dict, list)):
+            raise ConfigError(f"--set {dotted}: {'.'.join(path[: i + 1])} is not a mapping")
+    if isinstance(node, list):
+        raise ConfigError(f"--set {dotted}: name a field of a stage, e.g. stages.<name>.epochs")
+    node[path[-1]] = value
+
+
+def scale_epochs(recipe: Recipe, factor: float) -> None:
+    """``--epochs-scale``: shrink every stage (and its schedule) for quick runs; at least 1 epoch."""
+    if factor <= 0:
+        raise ConfigError(f"--epochs-scale must be > 0, got {factor}")
+    for s in recipe.stages:
+        new = max(1, round(s.epochs * factor))
+        ratio = new / s.epochs if s.epochs else 1.0
+        s.epochs = new
+        s.schedule.warmup_epochs *= ratio
+        s.schedule.milestones = [m * ratio for m in s.schedule.milestones]
+
+
+def validate(recipe: Recipe) -> None:
+    names = [s.name for s in recipe.stages]
+    if not names:
+        raise ConfigError("stages: a recipe needs at least one stage")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"stages: names must be unique, got {names}")
+    for i, s in enumerate(recipe.stages):
+        k = f"stages.{s.name}"
+        if s.init != "fresh" and s.init not in names[:i]:
+            raise ConfigError(f"{k}.init: {s.init!r} is neither 'fresh' nor an earlier stage ({names[:i]})")
+        if s.epochs <= 0:
+            raise ConfigError(f"{k}.epochs must be > 0")
+        if s.batch_size <= 0:
+            raise ConfigError(f"{k}.batch_size must be > 0")
+        if s.sampler == "class_balanced" and (s.samples_per_class <= 0 or s.batch_size % s.samples_per_class):
+            raise ConfigError(f"{k}.batch_size ({s.batch_size}) must be a multiple of samples_per_class ({s.samples_per_class})")
+    if recipe.data.imbalance < 1:
+        raise ConfigError(f"data.imbalance must be >= 1, got {recipe.data.imbalance:g}")
+    if recipe.data.few_threshold > recipe.data.many_threshold:
+        raise ConfigError("data.few_threshold must not exceed data.many_threshold")
+
+
+def load_recipe(name_or_path: str, overrides: list[str] = (), epochs_scale: float | None = None) -> Recipe:
+    """Read a recipe by name (``cifar100-lt/ce``) or path, apply ``--set`` overrides, check it."""
+    path = resolve_recipe_path(name_or_path)
+    data = _read_yaml(path)
+    for item in overrides:
+        keys, value = parse_override(item)
+        apply_override(data, keys, value, item.split("=", 1)[0])
+    data.setdefault("name", name_or_path if not path.suffix or name_or_path.count("/") == 1 else path.stem)
+    recipe = from_dict(Recipe, data)
+    if epochs_scale is not None and epochs_scale != 1:
+        scale_epochs(recipe, epochs_scale)
+    validate(recipe)
+    return recipe
+
+
+def recipe_from_dict(data: dict) -> Recipe:
+    recipe = from_dict(Recipe, data)
+    validate(recipe)
+    return recipe
+
+
+def steps_for(epochs: float, steps_per_epoch: int) -> int:
+    return max(1, math.ceil(epochs * steps_per_epoch))

@@ -1,0 +1,43 @@
+"""Evaluation: top-1 / top-5, per-class and many / medium / few accuracy."""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..data.groups import group_accuracy, shot_groups
+from ..data.images import ImageSet
+
+
+@torch.no_grad()
+def predict_logits(predict: Callable[[torch.Tensor], torch.Tensor], data: ImageSet, prepare, batch_size: int, device) -> torch.Tensor:
+    """Logits for every image of ``data``, in order. ``prepare`` turns uint8 batches into model input."""
+    out = []
+    for i in range(0, len(data), batch_size):
+        images, _ = data.load(np.arange(i, min(i + batch_size, len(data))))
+        out.append(predict(prepare(images.to(device, non_blocking=True))).float().cpu())
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def accuracy_metrics(logits: torch.Tensor, labels, train_counts, many: int = 100, few: int = 20) -> dict:
+    """Metrics as percentages; a shot group with no class is None, never 0."""
+    labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    num_classes = len(train_counts)
+    k = min(5, logits.shape[1])
+    topk = logits.topk(k, dim=1).indices
+    hit1 = topk[:, 0] == labels
+    hit5 = (topk == labels[:, None]).any(dim=1)
+    n_per_class = torch.bincount(labels, minlength=num_classes).double()
+    correct = torch.bincount(labels, weights=hit1.double(), minlength=num_classes)
+    per_class = torch.where(n_per_class > 0, 100.0 * correct / n_per_class.clamp(min=1), torch.full_like(correct, float("nan")))
+    per_class_list = [None if np.isnan(v) else round(float(v), 4) for v in per_class.tolist()]
+    groups = group_accuracy(np.array([np.nan if v is None else v for v in per_class_list], dtype=float),
+                            shot_groups(np.asarray(train_counts), many, few))
+    return {
+        "top1": round(100.0 * hit1.double().mean().item(), 4),
+        "top5": round(100.0 * hit5.double().mean().item(), 4),
+        **{g: None if v is None else round(float(v), 4) for g, v in groups.items()},
+        "num_images": int(len(labels)),
+        "per_class": per_class_list,
+    }

@@ -1,0 +1,34 @@
+"""``longtail eval``: rebuild a stage's model and data from a checkpoint and score it."""
+from __future__ import annotations
+
+from ..config import recipe_from_dict
+from ..data.build import build_data, resolve_data_root
+from ..errors import CheckpointError
+from ..methods import get_method
+from .checkpoint import load_checkpoint
+from .loop import StageContext, evaluate_split
+from .runtime import setup_runtime
+
+
+def evaluate_checkpoint(path, data_root: str | None = None, device: str | None = None, split: str = "test") -> dict:
+    ck = load_checkpoint(path)
+    if "recipe" not in ck or "stage" not in ck:
+        raise CheckpointError(f"checkpoint {path} carries no recipe/stage; only longtail run checkpoints can be evaluated")
+    recipe = recipe_from_dict(ck["recipe"])
+    if device:
+        recipe.runtime.device = device
+    rt = setup_runtime(recipe.runtime)
+    data = build_data(recipe.data, resolve_data_root(data_root, recipe.data.root))
+    ctx = StageContext(recipe, recipe.stage(ck["stage"]), data, rt)
+    method = get_method(ctx.stage.method)(ctx)
+    model = method.build_model()
+    model.load_state_dict(ck["model"])
+    model.to(rt.device)
+    if rt.channels_last:
+        import torch
+
+        model.to(memory_format=torch.channels_last)
+    target = data.test if split == "test" else data.val
+    if target is None:
+        raise CheckpointError(f"the dataset of {path} has no {split} split")
+    return {**evaluate_split(method, model, ctx, target.to(rt.device)), "stage": ck["stage"], "checkpoint": str(path)}

@@ -1,0 +1,238 @@
+"""The training engine: one loop that every method drives.
+
+``train_stage`` reads in one sitting: build the model, restore a checkpoint,
+then for each step draw the batch plan's indices, fetch and augment them on
+the device, ask the method for a loss, and step SGD. All randomness of a step
+comes from a generator seeded by (seed, stage, epoch, step, rank), so a run
+resumed at any checkpoint replays exactly what an uninterrupted run does.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from ..config import Recipe, StageConfig
+from ..data.augment import Augment
+from ..data.images import DataBundle, ImageSet
+from ..data.samplers import build_sampler
+from ..methods.base import Batch, Method, get_method
+from .checkpoint import load_checkpoint, save_atomic
+from .evaluate import accuracy_metrics, predict_logits
+from .optim import build_optimizer, lr_at
+from .progress import MetricLogger, ProgressBar
+from .runtime import Runtime, derive_seed, step_generator
+
+LOG_EVERY = 25  # steps between loss read-backs: each one is a device sync
+
+
+@dataclass
+class StageContext:
+    """What a method may see: the recipe, its stage, the data, and earlier stages' artifacts."""
+
+    recipe: Recipe
+    stage: StageConfig
+    data: DataBundle
+    runtime: Runtime
+    artifacts: dict[str, Path] = field(default_factory=dict)  # stage name -> final checkpoint
+
+    @property
+    def num_classes(self) -> int:
+        return self.data.num_classes
+
+    @property
+    def train_counts(self) -> np.ndarray:
+        return self.data.train_counts
+
+    def augment(self, spec) -> Augment:
+        d = self.data
+        if isinstance(spec, str):
+            return Augment.preset(spec, mean=d.mean, std=d.std, size=d.image_size)
+        return Augment.from_spec(spec, mean=d.mean, std=d.std)
+
+    def for_stage(self, name: str) -> "StageContext":
+        return StageContext(self.recipe, self.recipe.stage(name), self.data, self.runtime, self.artifacts)
+
+    def load_stage_model(self, name: str) -> tuple[Method, nn.Module]:
+        """An earlier stage's method and trained model, frozen in eval mode (a teacher)."""
+        ctx = self.for_stage(name)
+        method = get_method(ctx.stage.method)(ctx)
+        model = method.build_model()
+        method.prepare(model)
+        model.load_state_dict(load_checkpoint(self.artifacts[name])["model"])
+        model.to(self.runtime.device).eval().requires_grad_(False)
+        if self.runtime.channels_last:
+            model.to(memory_format=torch.channels_last)
+        return method, model
+
+
+class Feeder:
+    """Turns index arrays into augmented device batches."""
+
+    def __init__(self, split: ImageSet, augment: Augment, rt: Runtime):
+        self.split, self.augment, self.rt = split, augment, rt
+
+    def fetch(self, index: np.ndarray, g: torch.Generator) -> Batch:
+        raw, labels = self.split.load(index)
+        raw = raw.to(self.rt.device, non_blocking=True)
+        x = self.augment(raw, g)
+        if self.rt.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = torch.from_numpy(labels).to(self.rt.device, non_blocking=True)
+        return Batch(x, y, torch.from_numpy(index).to(self.rt.device), raw)
+
+
+def evaluate_split(method: Method, model: nn.Module, ctx: StageContext, split: ImageSet) -> dict:
+    rt, d = ctx.runtime, ctx.recipe.data
+    aug = ctx.augment(ctx.stage.eval_augment)
+    g = torch.Generator(device=rt.device)
+
+    def prepare(u8):
+        x = aug(u8, g)
+        return x.contiguous(memory_format=torch.channels_last) if rt.channels_last else x
+
+    was_training = model.training
+    model.eval()
+    with rt.autocast():
+        logits = predict_logits(lambda x: method.predict(model, x), split, prepare, ctx.recipe.runtime.eval_batch_size, rt.device)
+    model.train(was_training)
+    return accuracy_metrics(logits, split.labels, ctx.train_counts, d.many_threshold, d.few_threshold)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    model = getattr(model, "_orig_mod", model)  # torch.compile
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def train_stage(ctx: StageContext, stage_dir: Path, resume: bool = False) -> dict:
+    """Train one stage to completion; return its metrics (and write ``final.pt``)."""
+    rt, stage, seed = ctx.runtime, ctx.stage, ctx.recipe.runtime.seed
+    method = get_method(stage.method)(ctx)
+
+    torch.manual_seed(seed)  # fresh weights depend on the seed only
+    model = method.build_model()
+    if stage.init != "fresh":
+        method.init_from(model, load_checkpoint(ctx.artifacts[stage.init])["model"])
+    model.to(rt.device)
+    method.prepare(model)
+    if rt.channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(method.parameters(model), stage.optim)
+    scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.amp_dtype == torch.float16)
+
+    feeds = method.feeds()
+    train = ctx.data.train
+    samplers = {
+        name: build_sampler(f.sampler, train.labels, f.batch_size or stage.batch_size, seed=derive_seed(seed, stage.name, name) & 0x7FFFFFFF,
+                            samples_per_class=stage.samples_per_class, epoch_length=stage.epoch_length)
+        for name, f in feeds.items()
+    }
+    primary = next(iter(samplers.values()))
+    steps_per_epoch = primary.steps_per_epoch
+    total_steps = stage.epochs * steps_per_epoch
+    feeder = Feeder(train, ctx.augment(stage.augment), rt)
+
+    ckpt_path = stage_dir / "checkpoint.pt"
+    epoch, step, history = 0, 0, []
+    if resume and ckpt_path.exists():
+        ck = load_checkpoint(ckpt_path)
+        model.load_state_dict(ck["model"])
+        optimizer.load_state_dict(ck["optimizer"])
+        scaler.load_state_dict(ck["scaler"])
+        torch.set_rng_state(ck["rng"]["torch"])
+        epoch, step, history = ck["epoch"], ck["step"], ck.get("history", [])
+
+    train_model = model
+    if rt.distributed:
+        train_model = DistributedDataParallel(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
+    if rt.compile:
+        train_model = torch.compile(train_model)
+
+    def save(epoch_: int, step_: int) -> None:
+        if rt.is_main:
+            save_atomic({
+                "kind": "checkpoint", "stage": stage.name, "method": stage.method, "epoch": epoch_, "step": step_,
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                "scheduler": {"global_step": epoch_ * steps_per_epoch + step_, "total_steps": total_steps},
+                "sampler": {"seeds": {k: s.seed for k, s in samplers.items()}, "epoch": epoch_, "step": step_},
+                "rng": {"torch": torch.get_rng_state()}, "history": history, "recipe": ctx.recipe.to_dict(),
+            }, ckpt_path)
+        rt.barrier()
+
+    logger = MetricLogger(stage_dir / "metrics.jsonl" if rt.is_main else None, ctx.recipe.runtime.tensorboard)
+    bar = ProgressBar(total_steps, f"[{stage.name}]", start=epoch * steps_per_epoch + step,
+                      enabled=ctx.recipe.runtime.progress and rt.is_main)
+    every = ctx.recipe.runtime.checkpoint_every
+    t_start = time.perf_counter()
+    while epoch < stage.epochs:
+        plans = {name: s.plan(epoch) for name, s in samplers.items()}
+        method.train_mode(model)
+        running, seen = None, 0
+        for step in range(step, steps_per_epoch):
+            gstep = epoch * steps_per_epoch + step
+            g = step_generator(rt.device, seed, stage.name, epoch, step, rt.rank)
+            batch = {name: feeder.fetch(samplers[name].batch(epoch, step % len(plans[name]), rt.rank, rt.world, plans[name]), g)
+                     for name in samplers}
+            lr = lr_at(gstep, total_steps, steps_per_epoch, stage.optim.lr, stage.schedule)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            with rt.autocast():
+                loss, parts = method.loss(train_model, batch, g)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+
+            parts = {"loss": loss.detach(), **parts}
+            running = {k: v.float() for k, v in parts.items()} if running is None else {k: running[k] + v.float() for k, v in parts.items()}
+            seen += 1
+            if (step + 1) % LOG_EVERY == 0 or step + 1 == steps_per_epoch:
+                means = {k: (v / seen).item() for k, v in running.items()}
+                if not all(np.isfinite(list(means.values()))):
+                    raise FloatingPointError(f"stage {stage.name}: loss became {means} at epoch {epoch} step {step}")
+                logger.log(gstep + 1, epoch=epoch, lr=lr, **means)
+                bar.update(0, loss=means["loss"], lr=lr)
+                running, seen = None, 0
+            bar.update(1)
+            if every and (step + 1) % every == 0 and step + 1 < steps_per_epoch:
+                save(epoch, step + 1)
+        epoch, step = epoch + 1, 0
+        if ctx.recipe.runtime.eval_every and epoch % ctx.recipe.runtime.eval_every == 0 and ctx.data.val is not None and epoch < stage.epochs:
+            if rt.is_main:
+                val = evaluate_split(method, model, ctx, ctx.data.val)
+                history.append({"epoch": epoch, "val_top1": val["top1"]})
+                logger.log(epoch * steps_per_epoch, epoch=epoch, val_top1=val["top1"], val_many=val["many"],
+                           val_medium=val["medium"], val_few=val["few"])
+                if stage.select == "best_val" and val["top1"] >= max(h["val_top1"] for h in history):
+                    save_atomic({"kind": "best", "epoch": epoch, "model": model.state_dict()}, stage_dir / "best.pt")
+        save(epoch, 0)
+    bar.close()
+    train_time = time.perf_counter() - t_start
+
+    metrics = {}
+    if rt.is_main:
+        val = evaluate_split(method, model, ctx, ctx.data.val) if ctx.data.val is not None and len(ctx.data.val) else None
+        chosen = {"epoch": stage.epochs, "rule": "last"}
+        if stage.select == "best_val" and val is not None:
+            history.append({"epoch": stage.epochs, "val_top1": val["top1"]})
+            best = max(history, key=lambda h: h["val_top1"])
+            if best["epoch"] != stage.epochs:
+                model.load_state_dict(load_checkpoint(stage_dir / "best.pt")["model"])
+                val = evaluate_split(method, model, ctx, ctx.data.val)
+            chosen = {"epoch": best["epoch"], "rule": "best_val"}
+        test = evaluate_split(method, model, ctx, ctx.data.test)
+        metrics = {**test, "val": {k: v for k, v in val.items() if k != "per_class"} if val else None,
+                   "selected": chosen, "train_seconds": round(train_time, 2), "epochs": stage.epochs,
+                   "steps": total_steps}
+        logger.log(total_steps, epoch=stage.epochs, test_top1=test["top1"], test_many=test["many"],
+                   test_medium=test["medium"], test_few=test["few"])
+        save_atomic({"kind": "final", "stage": stage.name, "method": stage.method, "model": model.state_dict(),
+                     "recipe": ctx.recipe.to_dict(), "metrics": metrics}, stage_dir / "final.pt")
+    logger.close()
+    rt.barrier()
+    return metrics

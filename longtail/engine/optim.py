@@ -1,0 +1,31 @@
+"""SGD and the learning-rate schedule, as a pure function of the global step."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..config import OptimConfig, ScheduleConfig
+
+
+def build_optimizer(params, cfg: OptimConfig) -> torch.optim.SGD:
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                           nesterov=cfg.nesterov and cfg.momentum > 0)
+
+
+def lr_at(step: int, total_steps: int, steps_per_epoch: int, base_lr: float, cfg: ScheduleConfig) -> float:
+    """Linear warm-up over ``warmup_epochs``, then multistep / cosine / constant, all per step.
+
+    A pure function of the step, so a resumed run needs no scheduler state
+    beyond the step it restarts at.
+    """
+    warmup = round(cfg.warmup_epochs * steps_per_epoch)
+    if step < warmup:
+        return base_lr * (step + 1) / warmup
+    if cfg.kind == "multistep":
+        passed = sum(step >= round(m * steps_per_epoch) for m in cfg.milestones)
+        return base_lr * cfg.gamma ** passed
+    if cfg.kind == "cosine":
+        t = (step - warmup) / max(1, total_steps - warmup)
+        return cfg.final_lr + 0.5 * (base_lr - cfg.final_lr) * (1 + math.cos(math.pi * t))
+    return base_lr

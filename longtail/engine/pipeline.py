@@ -1,0 +1,120 @@
+"""Run a recipe: its stages in order, each on the artifacts of the ones before.
+
+The run folder holds everything needed to resume or audit::
+
+    OUT/recipe.yaml             the resolved recipe
+    OUT/<stage>/checkpoint.pt   latest state inside the stage (atomic)
+    OUT/<stage>/final.pt        the finished stage: weights and metrics
+    OUT/<stage>/metrics.jsonl   losses, lr, validation curves
+    OUT/results.json            every stage's metrics, and provenance
+
+``resume`` skips stages whose ``final.pt`` exists and restarts the first
+unfinished one from its checkpoint, at the exact step.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from .. import __version__
+from ..config import Recipe
+from ..data.images import DataBundle
+from ..errors import ConfigError
+from .checkpoint import load_checkpoint
+from .loop import StageContext, train_stage
+from .runtime import Runtime, setup_runtime
+
+
+def git_commit() -> str | None:
+    try:
+        root = Path(__file__).resolve().parents[2]
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        if out.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def provenance(recipe: Recipe, rt: Runtime, wall: float, data_source: dict) -> dict:
+    return {
+        "recipe": recipe.name,
+        "config_hash": recipe.hash(),
+        "commit": git_commit(),
+        "longtail": __version__,
+        "seed": recipe.runtime.seed,
+        "device": rt.describe(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "host": platform.node(),
+        "world_size": rt.world,
+        "wall_seconds": round(wall, 2),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "data": data_source,
+    }
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def run_recipe(recipe: Recipe, out: str | Path, data_root: str | None = None, resume: bool = False,
+               runtime: Runtime | None = None, data: DataBundle | None = None) -> dict:
+    """Train every stage of ``recipe`` into ``out``; return the results dict (also written to results.json).
+
+    ``data`` lets Python callers train on a bundle they built themselves instead of ``recipe.data``.
+    """
+    out = Path(out)
+    t0 = time.perf_counter()
+    rt = runtime or setup_runtime(recipe.runtime)
+    resolved = out / "recipe.yaml"
+    if out.exists() and any(out.iterdir()) and not resume:
+        raise ConfigError(f"output folder {out} is not empty: pass --resume to continue that run, or choose another --out")
+    rt.barrier()  # every rank has checked the folder before rank 0 writes into it
+    if resume and resolved.exists():
+        previous = yaml.safe_load(resolved.read_text())
+        if previous != recipe.to_dict():
+            raise ConfigError(f"--resume: the recipe differs from the one in {resolved}; resume with the same recipe and --set options")
+    if rt.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        _atomic_write_text(resolved, yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+    rt.barrier()
+
+    if data is None:
+        from ..data.build import build_data, resolve_data_root
+
+        data = build_data(recipe.data, resolve_data_root(data_root, recipe.data.root))
+    if recipe.data.on_device:
+        data.train, data.val, data.test = (s.to(rt.device) if s is not None else None for s in (data.train, data.val, data.test))
+
+    artifacts, stages = {}, {}
+    for stage in recipe.stages:
+        stage_dir = out / stage.name
+        final = stage_dir / "final.pt"
+        ctx = StageContext(recipe, stage, data, rt, dict(artifacts))
+        if final.exists():  # finished before a crash or an earlier run
+            stages[stage.name] = load_checkpoint(final)["metrics"]
+        else:
+            stages[stage.name] = train_stage(ctx, stage_dir, resume=resume)
+        artifacts[stage.name] = final
+
+    last = recipe.stages[-1].name
+    results = {
+        "final": {**stages[last], "stage": last},
+        "stages": stages,
+        "provenance": provenance(recipe, rt, time.perf_counter() - t0, data.source),
+    }
+    if rt.is_main:
+        _atomic_write_text(out / "results.json", json.dumps(results, indent=1))
+    return results

@@ -1,0 +1,100 @@
+"""What a method is: how one stage builds its model and scores a training step.
+
+The engine (``longtail.engine.loop``) owns everything else: sampling, device
+transfer, augmentation, precision, the optimiser, checkpoints, logging and
+evaluation. A method overrides only the hooks it needs, and most need just
+``loss``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from ..config import parse_params
+from ..errors import ConfigError
+from ..models.classifier import build_classifier
+
+
+@dataclass
+class Batch:
+    """One feed's share of a step: augmented input, labels, dataset indices and the raw uint8 images."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    index: torch.Tensor
+    raw: torch.Tensor
+
+
+@dataclass
+class Feed:
+    """A stream of batches for a step; BalanceAux draws two (class-balanced and instance)."""
+
+    sampler: str
+    batch_size: int | None = None  # None: the stage's batch_size
+
+
+@dataclass
+class NoParams:
+    pass
+
+
+METHODS: dict[str, type["Method"]] = {}
+
+
+def register(cls):
+    METHODS[cls.name] = cls
+    return cls
+
+
+def get_method(name: str) -> type["Method"]:
+    if name not in METHODS:
+        raise ConfigError(f"unknown method {name!r}; choose from {', '.join(sorted(METHODS))}")
+    return METHODS[name]
+
+
+class Method:
+    name: ClassVar[str] = ""
+    Params: ClassVar[type] = NoParams
+
+    def __init__(self, ctx):
+        self.ctx = ctx
+        self.stage = ctx.stage
+        self.p = parse_params(self.Params, self.stage.params, self.stage.name)
+
+    # -- model --------------------------------------------------------------
+    def heads(self) -> dict[str, int]:
+        return {"main": self.ctx.num_classes}
+
+    def build_model(self) -> nn.Module:
+        return build_classifier(self.ctx.recipe.model, self.ctx.num_classes, self.heads())
+
+    def init_from(self, model: nn.Module, state: dict) -> None:
+        """Start from an earlier stage's weights (``init: <stage>``)."""
+        model.load_state_dict(state)
+
+    def prepare(self, model: nn.Module) -> None:
+        """Freeze parts, load teachers: runs once after the model is built and initialised."""
+
+    def train_mode(self, model: nn.Module) -> None:
+        """Called at the start of each epoch. Frozen parts must stay in eval mode (BatchNorm)."""
+        model.train()
+
+    def parameters(self, model: nn.Module) -> list[nn.Parameter]:
+        return [p for p in model.parameters() if p.requires_grad]
+
+    # -- data ---------------------------------------------------------------
+    def feeds(self) -> dict[str, Feed]:
+        """Named batch streams per step; the first one sets the epoch length."""
+        return {"x": Feed(self.stage.sampler)}
+
+    # -- step ---------------------------------------------------------------
+    def loss(self, model: nn.Module, batch: dict[str, Batch], g: torch.Generator) -> tuple[torch.Tensor, dict]:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Test-time logits."""
+        return model(x)["main"]

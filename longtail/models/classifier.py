@@ -1,0 +1,45 @@
+"""A backbone, an optional neck, and one or more heads on the same feature."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class Classifier(nn.Module):
+    """``forward`` returns ``{"feat": v, <head name>: logits, ...}``: methods pick the heads they train."""
+
+    def __init__(self, backbone: nn.Module, heads: dict[str, nn.Module], neck: nn.Module | None = None):
+        super().__init__()
+        self.backbone = backbone
+        self.neck = neck if neck is not None else nn.Identity()
+        self.heads = nn.ModuleDict(heads)
+        self.feature_dim = getattr(neck, "feature_dim", None) or backbone.feature_dim
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.neck(self.backbone(x))
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        feat = self.features(x)
+        out = {name: head(feat) for name, head in self.heads.items()}
+        out["feat"] = feat
+        return out
+
+
+def build_classifier(cfg, num_classes: int, heads: dict[str, int] | None = None) -> Classifier:
+    """``heads`` maps head name to output width; by default one class head, ``main``."""
+    from . import build_backbone, build_head
+    from .heads import LinearNeck
+    from .resnet import load_torchvision_state_dict
+
+    backbone = build_backbone(cfg.backbone, **({"zero_init_residual": True} if cfg.zero_init_residual else {}))
+    if cfg.pretrained:
+        load_torchvision_state_dict(backbone, cfg.pretrained)
+    neck = LinearNeck(backbone.feature_dim, cfg.neck_dim) if cfg.neck_dim > 0 else None
+    dim = cfg.neck_dim if cfg.neck_dim > 0 else backbone.feature_dim
+    heads = heads or {"main": num_classes}
+    built = {}
+    for name, width in heads.items():
+        # Self-supervised heads (rotation) stay linear whatever the class head is.
+        kind = cfg.head if width == num_classes else "linear"
+        built[name] = build_head(kind, dim, width, **({"scale": cfg.cosine_scale} if kind == "cosine" else {}))
+    return Classifier(backbone, built, neck)

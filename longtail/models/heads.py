@@ -1,0 +1,92 @@
+"""Classifier heads and an optional neck between backbone and head.
+
+Every head exposes ``in_dim``, ``num_classes`` and ``reset_parameters()`` so
+two-stage methods (cRT) can re-initialise the classifier generically.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from longtail.errors import ConfigError
+
+
+class LinearHead(nn.Module):
+    def __init__(self, in_dim: int, num_classes: int, bias: bool = True):
+        super().__init__()
+        self.in_dim = in_dim
+        self.num_classes = num_classes
+        self.fc = nn.Linear(in_dim, num_classes, bias=bias)
+
+    def reset_parameters(self) -> None:
+        self.fc.reset_parameters()
+
+    def forward(self, feat: torch.Tensor) -> torch.Tensor:
+        return self.fc(feat)
+
+
+class CosineHead(nn.Module):
+    """Logits ``scale * cos(w_c, v)``: removes the classifier-norm bias toward
+    head classes. ``scale`` restores a usable softmax temperature."""
+
+    def __init__(self, in_dim: int, num_classes: int, scale: float = 20.0):
+        super().__init__()
+        self.in_dim = in_dim
+        self.num_classes = num_classes
+        self.scale = float(scale)
+        self.weight = nn.Parameter(torch.empty(num_classes, in_dim))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        bound = 1.0 / math.sqrt(self.in_dim)
+        nn.init.uniform_(self.weight, -bound, bound)
+
+    def forward(self, feat: torch.Tensor) -> torch.Tensor:
+        return self.scale * F.linear(F.normalize(feat, dim=1), F.normalize(self.weight, dim=1))
+
+    def extra_repr(self) -> str:
+        return f"in_dim={self.in_dim}, num_classes={self.num_classes}, scale={self.scale}"
+
+
+class MultiHead(nn.ModuleDict):
+    """Several heads on the same feature; ``forward`` returns ``{name: logits}``.
+
+    ``num_classes`` is the shared class count, or None when the heads differ.
+    """
+
+    def __init__(self, heads: dict[str, nn.Module]):
+        if not heads:
+            raise ConfigError("MultiHead needs at least one head")
+        super().__init__(heads)
+        dims = {getattr(h, "in_dim", None) for h in heads.values()}
+        if len(dims) > 1:
+            raise ConfigError(f"MultiHead heads disagree on in_dim: {sorted(map(str, dims))}")
+        self.in_dim = dims.pop()
+        counts = {getattr(h, "num_classes", None) for h in heads.values()}
+        self.num_classes = counts.pop() if len(counts) == 1 else None
+
+    def reset_parameters(self) -> None:
+        for head in self.values():
+            head.reset_parameters()
+
+    def forward(self, feat: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {name: head(feat) for name, head in self.items()}
+
+
+class LinearNeck(nn.Sequential):
+    """Linear projection after pooling (e.g. OLTR's 512-d FC), optionally ReLU'd."""
+
+    def __init__(self, in_dim: int, out_dim: int, relu: bool = False):
+        layers = [nn.Linear(in_dim, out_dim)]
+        if relu:
+            layers.append(nn.ReLU(inplace=True))
+        super().__init__(*layers)
+        self.in_dim = in_dim
+        self.feature_dim = out_dim
+
+    def reset_parameters(self) -> None:
+        self[0].reset_parameters()

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Create .venv (if needed) and install longtail with what it needs. Idempotent and quick when done.
+# torch is pinned by constraints.txt, so no later install can swap it for another build; where a torch
+# is already importable (a CUDA build, say) it is kept.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+VPY=.venv/bin/python
+if ! "$VPY" -c "import torch" 2>/dev/null; then
+  "$VPY" -m pip install -q -c constraints.txt "torch==2.13.0"
+fi
+if ! "$VPY" -c "import numpy, yaml, PIL, pytest, longtail" 2>/dev/null; then
+  "$VPY" -m pip install -q -c constraints.txt numpy pyyaml pillow pytest
+  "$VPY" -m pip install -q --no-deps --no-build-isolation -e . 2>/dev/null || "$VPY" -m pip install -q --no-deps -e .
+fi

@@ -1,0 +1,79 @@
+import pytest
+
+from longtail.config import available_recipes, load_recipe
+from longtail.config import Recipe, from_dict, scale_epochs
+from longtail.engine.optim import lr_at
+from longtail.config import ScheduleConfig
+from longtail.errors import ConfigError
+
+
+def test_every_shipped_recipe_loads():
+    names = available_recipes()
+    assert {"cifar100-lt/ce", "cifar100-lt/cbs", "cifar10-lt/ce", "cifar10-lt/cbs"} <= set(names)
+    for name in names:
+        r = load_recipe(name)
+        assert r.stages and r.name == name
+
+
+def test_cifar_recipe_matches_spec():
+    r = load_recipe("cifar100-lt/ce")
+    s = r.stages[0]
+    assert (r.data.dataset, r.data.imbalance, r.model.backbone) == ("cifar100-lt", 100, "resnet32")
+    assert (s.epochs, s.batch_size, s.optim.lr, s.optim.momentum, s.optim.weight_decay) == (200, 128, 0.1, 0.9, 2e-4)
+    assert (s.schedule.warmup_epochs, s.schedule.milestones, s.schedule.gamma) == (5, [160, 180], 0.01)
+    assert load_recipe("cifar100-lt/cbs").stages[0].sampler == "class_balanced"
+
+
+def test_unknown_key_names_the_dotted_key():
+    with pytest.raises(ConfigError, match=r"unknown config key 'stages.0.optim.lrr'"):
+        from_dict(Recipe, {"stages": [{"name": "a", "optim": {"lrr": 1}}]})
+    with pytest.raises(ConfigError, match=r"unknown config key 'data.imbalanse'"):
+        load_recipe("cifar100-lt/ce", ["data.imbalanse=50"])
+
+
+def test_bad_values_are_named():
+    with pytest.raises(ConfigError, match=r"stages.0.epochs: expected an integer"):
+        from_dict(Recipe, {"stages": [{"epochs": "many"}]})
+    with pytest.raises(ConfigError, match=r"stages.0.sampler: 'balanced' is not one of"):
+        from_dict(Recipe, {"stages": [{"sampler": "balanced"}]})
+    with pytest.raises(ConfigError, match=r"data.imbalance must be >= 1, got 0.5"):
+        load_recipe("cifar100-lt/ce", ["data.imbalance=0.5"])
+
+
+def test_unknown_recipe():
+    with pytest.raises(ConfigError, match=r"unknown recipe 'cifar100-lt/nope'"):
+        load_recipe("cifar100-lt/nope")
+
+
+def test_overrides_by_stage_name_and_types():
+    r = load_recipe("cifar100-lt/ce", ["stages.ce.optim.lr=0.05", "data.imbalance=10", "runtime.amp=off"])
+    assert r.stages[0].optim.lr == 0.05 and r.data.imbalance == 10.0 and r.runtime.amp == "off"
+    with pytest.raises(ConfigError, match=r"no stage 'teacher'"):
+        load_recipe("cifar100-lt/ce", ["stages.teacher.epochs=3"])
+
+
+def test_epochs_scale_shrinks_schedule_with_minimum_one():
+    r = load_recipe("cifar100-lt/ce", epochs_scale=0.05)
+    s = r.stages[0]
+    assert s.epochs == 10 and s.schedule.milestones == [8, 9] and s.schedule.warmup_epochs == pytest.approx(0.25)
+    r = load_recipe("cifar100-lt/ce", epochs_scale=0.0001)
+    assert r.stages[0].epochs == 1
+
+
+def test_recipe_hash_changes_with_content():
+    a, b = load_recipe("cifar100-lt/ce"), load_recipe("cifar100-lt/ce", ["runtime.seed=1"])
+    assert a.hash() == load_recipe("cifar100-lt/ce").hash() != b.hash()
+
+
+def test_lr_schedule_warmup_multistep_cosine():
+    ms = ScheduleConfig(kind="multistep", warmup_epochs=2, milestones=[4, 6], gamma=0.1)
+    # 10 steps per epoch: warm-up over 20 steps, x0.1 at step 40 and again at 60.
+    assert lr_at(0, 100, 10, 1.0, ms) == pytest.approx(1 / 20)
+    assert lr_at(19, 100, 10, 1.0, ms) == pytest.approx(1.0)
+    assert lr_at(39, 100, 10, 1.0, ms) == 1.0
+    assert lr_at(40, 100, 10, 1.0, ms) == pytest.approx(0.1)
+    assert lr_at(60, 100, 10, 1.0, ms) == pytest.approx(0.01)
+    cos = ScheduleConfig(kind="cosine")
+    assert lr_at(0, 100, 10, 0.2, cos) == pytest.approx(0.2)
+    assert lr_at(50, 100, 10, 0.2, cos) == pytest.approx(0.1)
+    assert lr_at(100, 100, 10, 0.2, cos) == pytest.approx(0.0)
