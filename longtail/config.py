@@ -47,7 +47,7 @@ def yaml_load(text: str):
 
 @dataclass
 class DataConfig:
-    dataset: str = "cifar100-lt"  # cifar10-lt | cifar100-lt | cifar10 | cifar100 | imagenet-lt | places-lt | inat2017 | inat2018 | folder
+    dataset: str = "cifar100-lt"  # cifar10-lt | cifar100-lt | cifar10 | cifar100 | imagenet-lt | places-lt | inat2017 | inat2018 | folder | synthetic
     imbalance: float = 100.0  # CIFAR-LT imbalance factor n_max / n_min, >= 1
     profile: str = "exp"  # CIFAR-LT profile: exp | step
     lt_seed: int = 0  # numpy seed of the per-class shuffle (LDAM-DRW uses 0)

@@ -22,11 +22,12 @@ from .download import user_cache_dir
 from .folder import folder_train_counts, load_folder_dataset
 from .groups import group_sizes
 from .images import DataBundle, ImageSet, TensorStore
+from .synthetic import synthetic_bundle
 from .splitfile import LAYOUTS, load_split_dataset, split_train_counts
 
 CIFAR_LT = ("cifar10-lt", "cifar100-lt")
 CIFAR_DATASETS = CIFAR_LT + ("cifar10", "cifar100")
-DATASETS = CIFAR_DATASETS + tuple(LAYOUTS) + ("folder",)
+DATASETS = CIFAR_DATASETS + tuple(LAYOUTS) + ("folder", "synthetic")
 
 
 def resolve_data_root(cli_root: str | None = None, cfg_root: str | None = None) -> Path:
@@ -63,7 +64,15 @@ def build_data(cfg, root) -> DataBundle:
         return cifar_bundle(cfg, load_cifar(cfg.dataset.removesuffix("-lt"), root, cfg.download))
     if cfg.dataset == "folder":
         return load_folder_dataset(_folder(cfg, root), cfg)
+    if cfg.dataset == "synthetic":
+        return _synthetic(cfg)
     return load_split_dataset(cfg.dataset, root, cfg)
+
+
+def _synthetic(cfg) -> DataBundle:
+    """Ten learnable classes of noise, CIFAR-LT profile: smoke tests and benchmarks without files."""
+    return synthetic_bundle(num_classes=10, max_per_class=100, imbalance=cfg.imbalance, size=cfg.image_size or 16,
+                            val_per_class=cfg.val_per_class and 5, seed=cfg.lt_seed)
 
 
 def cifar_bundle(cfg, arrays: CifarArrays) -> DataBundle:
@@ -117,7 +126,9 @@ def dataset_stats(cfg, root=None) -> dict:
     train list (or scan the folder). ``imbalance`` is the configured IF for ``*-lt``,
     otherwise the measured ``max / min`` count."""
     _check(cfg)
-    if cfg.dataset in CIFAR_DATASETS:
+    if cfg.dataset == "synthetic":
+        counts = _synthetic(cfg).source["counts"]
+    elif cfg.dataset in CIFAR_DATASETS:
         spec = SPECS[cfg.dataset.removesuffix("-lt")]
         if cfg.dataset in CIFAR_LT:
             counts = cifar_lt_stats(cfg.dataset, cfg.imbalance, cfg.profile)
