@@ -192,7 +192,9 @@ def _coerce(value, tp, key: str):
         (item,) = typing.get_args(tp) or (Any,)
         if not isinstance(value, list):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
-        return [_coerce(v, item, f"{key}.{i}") for i, v in enumerate(value)]
+        # Stages are named in messages by their name, as --set addresses them.
+        label = lambda i, v: v["name"] if dataclasses.is_dataclass(item) and isinstance(v, dict) and "name" in v else i  # noqa: E731
+        return [_coerce(v, item, f"{key}.{label(i, v)}") for i, v in enumerate(value)]
     if tp is dict or origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")

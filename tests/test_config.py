@@ -25,7 +25,7 @@ def test_cifar_recipe_matches_spec():
 
 
 def test_unknown_key_names_the_dotted_key():
-    with pytest.raises(ConfigError, match=r"unknown config key 'stages.0.optim.lrr'"):
+    with pytest.raises(ConfigError, match=r"unknown config key 'stages.a.optim.lrr'"):
         from_dict(Recipe, {"stages": [{"name": "a", "optim": {"lrr": 1}}]})
     with pytest.raises(ConfigError, match=r"unknown config key 'data.imbalanse'"):
         load_recipe("cifar100-lt/ce", ["data.imbalanse=50"])
