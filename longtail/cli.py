@@ -71,7 +71,8 @@ def cmd_eval(args) -> int:
     from .engine.evaluate_checkpoint import evaluate_checkpoint
 
     metrics = evaluate_checkpoint(args.checkpoint, data_root=args.data_root, device=args.device, split=args.split)
-    print(json.dumps(metrics) if args.json else _table(metrics, args.split))
+    print(_table(metrics, args.split), file=sys.stderr)  # for people; stdout stays machine-readable
+    print(json.dumps(metrics))
     return 0
 
 
@@ -90,12 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("eval", help="evaluate a checkpoint on the test split")
+    e = sub.add_parser("eval", help="evaluate a checkpoint: metrics as JSON on stdout, a table on stderr")
     e.add_argument("checkpoint")
     e.add_argument("--data-root")
     e.add_argument("--device")
     e.add_argument("--split", default="test", choices=["test", "val"])
-    e.add_argument("--json", action="store_true", help="print the full metrics as JSON (default: a table)")
     e.set_defaults(func=cmd_eval)
 
     d = sub.add_parser("data", help="dataset tools")

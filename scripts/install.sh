@@ -12,7 +12,10 @@ VPY=.venv/bin/python
 if ! "$VPY" -c "import torch" 2>/dev/null; then
   "$VPY" -m pip install -q -c constraints.txt "torch==2.13.0"
 fi
-if ! "$VPY" -c "import numpy, yaml, PIL, pytest, longtail" 2>/dev/null; then
+if ! "$VPY" -c "import numpy, yaml, PIL, pytest" 2>/dev/null; then
   "$VPY" -m pip install -q -c constraints.txt numpy pyyaml pillow pytest
+fi
+# The editable install gives the `longtail` console script; --no-deps so it never touches torch.
+if [ ! -x .venv/bin/longtail ]; then
   "$VPY" -m pip install -q --no-deps --no-build-isolation -e . 2>/dev/null || "$VPY" -m pip install -q --no-deps -e .
 fi

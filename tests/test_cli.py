@@ -93,9 +93,10 @@ def full_run(tmp_path_factory):
 
 def test_train_shows_progress_and_eval_agrees(full_run):
     d, res = full_run
-    p = longtail("eval", d / "run" / "ce" / "final.pt", "--json")
+    p = longtail("eval", d / "run" / "ce" / "final.pt")
     assert p.returncode == 0, p.stderr
     ev = json.loads(p.stdout)
+    assert "medium" in p.stderr  # the human-readable table
     for k in ("top1", "top5", "many", "medium", "few", "per_class"):
         assert ev[k] == res["final"][k], k
     assert res["final"]["many"] is None  # synthetic IF=10 has no class above 100 images
