@@ -160,3 +160,40 @@ def test_engine_drives_several_feeds_and_heads(data, tmp_path):
     logged = [json.loads(l) for l in (tmp_path / "ce" / "metrics.jsonl").read_text().splitlines()]
     assert any("main" in l and "aux" in l for l in logged)
     assert res["final"]["top1"] > 30
+
+
+def test_file_backed_folder_dataset_trains_with_prefetch(tmp_path):
+    """A user's folder of class sub-folders, decoded by PIL one step ahead of the compute."""
+    import numpy as np
+    from PIL import Image
+
+    from longtail.data.build import build_data
+    from longtail.engine.loop import Feeder
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "imgs"
+    for c, n in enumerate([40, 20, 10, 6]):
+        (root / f"class{c}").mkdir(parents=True)
+        colour = rng.integers(0, 255, 3)
+        for i in range(n):
+            px = np.clip(colour + rng.normal(0, 25, (16, 16, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(px).save(root / f"class{c}" / f"{i:03d}.png")
+    recipe = tiny_recipe(epochs=2)
+    recipe.data.dataset, recipe.data.image_root, recipe.data.image_size = "folder", str(root), 16
+    data = build_data(recipe.data, tmp_path)
+    assert not isinstance(data.train.store, type(synthetic_bundle().train.store))  # file-backed
+
+    loads = []
+    original = Feeder._load
+
+    def spy(self, index):
+        loads.append(self.ahead is not None and np.array_equal(self.ahead[0], index))
+        return original(self, index)
+
+    Feeder._load = spy
+    try:
+        res = run_recipe(recipe, tmp_path / "run", data=data)
+    finally:
+        Feeder._load = original
+    assert sum(loads) == len(loads) - 2  # every step but each epoch's first came from the prefetch
+    assert res["final"]["num_images"] == len(data.test) and res["final"]["top1"] > 25

@@ -9,6 +9,7 @@ resumed at any checkpoint replays exactly what an uninterrupted run does.
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..config import Recipe, StageConfig
 from ..data.augment import Augment
-from ..data.images import DataBundle, ImageSet
+from ..data.images import DataBundle, ImageSet, TensorStore
 from ..data.samplers import build_sampler
 from ..methods.base import Batch, Method, get_method
 from .checkpoint import load_checkpoint, save_atomic
@@ -72,13 +73,33 @@ class StageContext:
 
 
 class Feeder:
-    """Turns index arrays into augmented device batches."""
+    """Turns index arrays into augmented device batches.
+
+    Tensor-held data is indexed in place. File-backed data (JPEG decoding) is
+    loaded one step ahead on a background thread, so decoding overlaps the
+    previous step's compute.
+    """
 
     def __init__(self, split: ImageSet, augment: Augment, rt: Runtime):
         self.split, self.augment, self.rt = split, augment, rt
+        self.pool = None if isinstance(split.store, TensorStore) else ThreadPoolExecutor(1)
+        self.ahead: tuple[np.ndarray, Future] | None = None
+
+    def prefetch(self, index: np.ndarray) -> None:
+        if self.pool is not None:
+            self.ahead = (index, self.pool.submit(self.split.load, index))
+
+    def _load(self, index: np.ndarray):
+        if self.ahead is not None and np.array_equal(self.ahead[0], index):
+            raw, labels = self.ahead[1].result()
+            self.ahead = None
+            if self.rt.device.type == "cuda":
+                raw = raw.pin_memory()
+            return raw, labels
+        return self.split.load(index)
 
     def fetch(self, index: np.ndarray, g: torch.Generator) -> Batch:
-        raw, labels = self.split.load(index)
+        raw, labels = self._load(index)
         raw = raw.to(self.rt.device, non_blocking=True)
         x = self.augment(raw, g)
         if self.rt.channels_last:
@@ -176,8 +197,10 @@ def train_stage(ctx: StageContext, stage_dir: Path, resume: bool = False) -> dic
         for step in range(step, steps_per_epoch):
             gstep = epoch * steps_per_epoch + step
             g = step_generator(rt.device, seed, stage.name, epoch, step, rt.rank)
-            batch = {name: feeder.fetch(samplers[name].batch(epoch, step % len(plans[name]), rt.rank, rt.world, plans[name]), g)
-                     for name in samplers}
+            shard = lambda name, s: samplers[name].batch(epoch, s % len(plans[name]), rt.rank, rt.world, plans[name])  # noqa: E731
+            batch = {name: feeder.fetch(shard(name, step), g) for name in samplers}
+            if step + 1 < steps_per_epoch:
+                feeder.prefetch(shard(next(iter(samplers)), step + 1))
             lr = lr_at(gstep, total_steps, steps_per_epoch, stage.optim.lr, stage.schedule)
             for group in optimizer.param_groups:
                 group["lr"] = lr
