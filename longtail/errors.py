@@ -21,3 +21,7 @@ class DataError(LongtailError):
 
 class CheckpointError(LongtailError):
     """A checkpoint is missing, truncated or incompatible."""
+
+
+class TrainingError(LongtailError):
+    """Training cannot go on (the loss diverged); the checkpoints written so far are kept."""

@@ -197,3 +197,12 @@ def test_file_backed_folder_dataset_trains_with_prefetch(tmp_path):
         Feeder._load = original
     assert sum(loads) == len(loads) - 2  # every step but each epoch's first came from the prefetch
     assert res["final"]["num_images"] == len(data.test) and res["final"]["top1"] > 25
+
+
+def test_divergence_is_a_clear_error_and_keeps_checkpoints(data, tmp_path):
+    from longtail.errors import TrainingError
+
+    recipe = tiny_recipe(epochs=2, optim={"lr": 1e12, "weight_decay": 0.0})
+    with pytest.raises(TrainingError, match=r"stage ce: the loss diverged .* lower stages.ce.optim.lr"):
+        run_recipe(recipe, tmp_path, data=data)
+    assert (tmp_path / "recipe.yaml").exists()

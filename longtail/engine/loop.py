@@ -22,6 +22,7 @@ from ..config import Recipe, StageConfig
 from ..data.augment import Augment
 from ..data.images import DataBundle, ImageSet, TensorStore
 from ..data.samplers import build_sampler
+from ..errors import TrainingError
 from ..methods.base import Batch, Method, get_method
 from .checkpoint import load_checkpoint, save_atomic
 from .evaluate import accuracy_metrics, predict_logits
@@ -125,11 +126,6 @@ def evaluate_split(method: Method, model: nn.Module, ctx: StageContext, split: I
     return accuracy_metrics(logits, split.labels, ctx.train_counts, d.many_threshold, d.few_threshold)
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    model = getattr(model, "_orig_mod", model)  # torch.compile
-    return model.module if isinstance(model, DistributedDataParallel) else model
-
-
 def train_stage(ctx: StageContext, stage_dir: Path, resume: bool = False) -> dict:
     """Train one stage to completion; return its metrics (and write ``final.pt``)."""
     rt, stage, seed = ctx.runtime, ctx.stage, ctx.recipe.runtime.seed
@@ -217,7 +213,8 @@ def train_stage(ctx: StageContext, stage_dir: Path, resume: bool = False) -> dic
             if (step + 1) % LOG_EVERY == 0 or step + 1 == steps_per_epoch:
                 means = {k: (v / seen).item() for k, v in running.items()}
                 if not all(np.isfinite(list(means.values()))):
-                    raise FloatingPointError(f"stage {stage.name}: loss became {means} at epoch {epoch} step {step}")
+                    raise TrainingError(f"stage {stage.name}: the loss diverged ({means}) at epoch {epoch} step {step}; "
+                                        f"lower stages.{stage.name}.optim.lr or set runtime.amp=off. Checkpoints up to here are kept.")
                 logger.log(gstep + 1, epoch=epoch, lr=lr, **means)
                 bar.update(0, loss=means["loss"], lr=lr)
                 running, seen = None, 0
@@ -237,25 +234,30 @@ def train_stage(ctx: StageContext, stage_dir: Path, resume: bool = False) -> dic
     bar.close()
     train_time = time.perf_counter() - t_start
 
-    metrics = {}
-    if rt.is_main:
-        val = evaluate_split(method, model, ctx, ctx.data.val) if ctx.data.val is not None and len(ctx.data.val) else None
-        chosen = {"epoch": stage.epochs, "rule": "last"}
-        if stage.select == "best_val" and val is not None:
-            history.append({"epoch": stage.epochs, "val_top1": val["top1"]})
-            best = max(history, key=lambda h: h["val_top1"])
-            if best["epoch"] != stage.epochs:
-                model.load_state_dict(load_checkpoint(stage_dir / "best.pt")["model"])
-                val = evaluate_split(method, model, ctx, ctx.data.val)
-            chosen = {"epoch": best["epoch"], "rule": "best_val"}
-        test = evaluate_split(method, model, ctx, ctx.data.test)
-        metrics = {**test, "val": {k: v for k, v in val.items() if k != "per_class"} if val else None,
-                   "selected": chosen, "train_seconds": round(train_time, 2), "epochs": stage.epochs,
-                   "steps": total_steps}
-        logger.log(total_steps, epoch=stage.epochs, test_top1=test["top1"], test_many=test["many"],
-                   test_medium=test["medium"], test_few=test["few"])
-        save_atomic({"kind": "final", "stage": stage.name, "method": stage.method, "model": model.state_dict(),
-                     "recipe": ctx.recipe.to_dict(), "metrics": metrics}, stage_dir / "final.pt")
+    metrics = finish_stage(method, model, ctx, stage_dir, history, logger, train_time, total_steps) if rt.is_main else {}
     logger.close()
     rt.barrier()
+    return metrics
+
+
+def finish_stage(method: Method, model: nn.Module, ctx: StageContext, stage_dir: Path, history: list,
+                 logger: MetricLogger, train_time: float, total_steps: int) -> dict:
+    """Pick the weights to report (last epoch, or best on validation), score them, write ``final.pt``."""
+    stage = ctx.stage
+    val = evaluate_split(method, model, ctx, ctx.data.val) if ctx.data.val is not None and len(ctx.data.val) else None
+    chosen = {"epoch": stage.epochs, "rule": "last"}
+    if stage.select == "best_val" and val is not None:
+        history.append({"epoch": stage.epochs, "val_top1": val["top1"]})
+        best = max(history, key=lambda h: h["val_top1"])
+        if best["epoch"] != stage.epochs:
+            model.load_state_dict(load_checkpoint(stage_dir / "best.pt")["model"])
+            val = evaluate_split(method, model, ctx, ctx.data.val)
+        chosen = {"epoch": best["epoch"], "rule": "best_val"}
+    test = evaluate_split(method, model, ctx, ctx.data.test)
+    metrics = {**test, "val": {k: v for k, v in val.items() if k != "per_class"} if val else None,
+               "selected": chosen, "train_seconds": round(train_time, 2), "epochs": stage.epochs, "steps": total_steps}
+    logger.log(total_steps, epoch=stage.epochs, test_top1=test["top1"], test_many=test["many"],
+               test_medium=test["medium"], test_few=test["few"])
+    save_atomic({"kind": "final", "stage": stage.name, "method": stage.method, "model": model.state_dict(),
+                 "recipe": ctx.recipe.to_dict(), "metrics": metrics}, stage_dir / "final.pt")
     return metrics
