@@ -98,6 +98,8 @@ class StageConfig:
     name: str = "main"
     method: str = "ce"
     init: str = "fresh"  # fresh | the name of an earlier stage to start from
+    train: str = "auto"  # what SGD updates: all | classifier | lws | none (post-hoc); auto: the method's default
+    bn: str = "frozen"  # BatchNorm of a frozen backbone: frozen (eval mode, statistics fixed) | train (statistics move)
     sampler: str = "instance"  # instance | class_balanced | sqrt
     samples_per_class: int = 4  # class-balanced: Z images per drawn class
     epoch_length: str = "dataset"  # dataset: N images per epoch | balanced: max_count * num_classes
@@ -157,6 +159,8 @@ CHOICES = {
     "sampler": ("instance", "class_balanced", "sqrt"),
     "epoch_length": ("dataset", "balanced"),
     "select": ("last", "best_val"),
+    "train": ("auto", "all", "classifier", "lws", "none"),
+    "bn": ("frozen", "train"),
     "amp": ("auto", "bf16", "fp16", "off"),
 }
 
@@ -347,6 +351,8 @@ def scale_epochs(recipe: Recipe, factor: float) -> None:
     if factor <= 0:
         raise ConfigError(f"--epochs-scale must be > 0, got {factor}")
     for s in recipe.stages:
+        if s.epochs == 0:  # post-hoc stages do not train
+            continue
         new = max(1, round(s.epochs * factor))
         ratio = new / s.epochs if s.epochs else 1.0
         s.epochs = new
@@ -364,8 +370,8 @@ def validate(recipe: Recipe) -> None:
         k = f"stages.{s.name}"
         if s.init != "fresh" and s.init not in names[:i]:
             raise ConfigError(f"{k}.init: {s.init!r} is neither 'fresh' nor an earlier stage ({names[:i]})")
-        if s.epochs <= 0:
-            raise ConfigError(f"{k}.epochs must be > 0")
+        if s.epochs < 0:
+            raise ConfigError(f"{k}.epochs must be >= 0")
         if s.batch_size <= 0:
             raise ConfigError(f"{k}.batch_size must be > 0")
         if s.sampler == "class_balanced" and (s.samples_per_class <= 0 or s.batch_size % s.samples_per_class):

@@ -109,8 +109,10 @@ class Feeder:
         return Batch(x, y, torch.from_numpy(index).to(self.rt.device), raw)
 
 
-def evaluate_split(method: Method, model: nn.Module, ctx: StageContext, split: ImageSet) -> dict:
-    rt, d = ctx.runtime, ctx.recipe.data
+@torch.no_grad()
+def run_over(ctx: StageContext, model: nn.Module, split: ImageSet, fn) -> torch.Tensor:
+    """``fn(model, x)`` over a whole split in order, in eval mode, with the stage's test-time preprocessing."""
+    rt = ctx.runtime
     aug = ctx.augment(ctx.stage.eval_augment)
     g = torch.Generator(device=rt.device)
 
@@ -121,8 +123,14 @@ def evaluate_split(method: Method, model: nn.Module, ctx: StageContext, split: I
     was_training = model.training
     model.eval()
     with rt.autocast():
-        logits = predict_logits(lambda x: method.predict(model, x), split, prepare, ctx.recipe.runtime.eval_batch_size, rt.device)
+        out = predict_logits(lambda x: fn(model, x), split, prepare, ctx.recipe.runtime.eval_batch_size, rt.device)
     model.train(was_training)
+    return out
+
+
+def evaluate_split(method: Method, model: nn.Module, ctx: StageContext, split: ImageSet) -> dict:
+    d = ctx.recipe.data
+    logits = run_over(ctx, model, split, method.predict)
     return accuracy_metrics(logits, split.labels, ctx.train_counts, d.many_threshold, d.few_threshold)
 
 
@@ -139,6 +147,12 @@ def train_stage(ctx: StageContext, stage_dir: Path, resume: bool = False) -> dic
     method.prepare(model)
     if rt.channels_last:
         model.to(memory_format=torch.channels_last)
+    if method.train_scope == "none":  # post-hoc: tau-norm, NCM, logit adjustment
+        fitted = method.fit(model) if rt.is_main else {}
+        metrics = finish_stage(method, model, ctx, stage_dir, [], MetricLogger(stage_dir / "metrics.jsonl" if rt.is_main else None, False),
+                               0.0, 0, fitted) if rt.is_main else {}
+        rt.barrier()
+        return metrics
     optimizer = build_optimizer(method.parameters(model), stage.optim)
     scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.amp_dtype == torch.float16)
 
@@ -241,7 +255,7 @@ def train_stage(ctx: StageContext, stage_dir: Path, resume: bool = False) -> dic
 
 
 def finish_stage(method: Method, model: nn.Module, ctx: StageContext, stage_dir: Path, history: list,
-                 logger: MetricLogger, train_time: float, total_steps: int) -> dict:
+                 logger: MetricLogger, train_time: float, total_steps: int, fitted: dict | None = None) -> dict:
     """Pick the weights to report (last epoch, or best on validation), score them, write ``final.pt``."""
     stage = ctx.stage
     val = evaluate_split(method, model, ctx, ctx.data.val) if ctx.data.val is not None and len(ctx.data.val) else None
@@ -255,7 +269,8 @@ def finish_stage(method: Method, model: nn.Module, ctx: StageContext, stage_dir:
         chosen = {"epoch": best["epoch"], "rule": "best_val"}
     test = evaluate_split(method, model, ctx, ctx.data.test)
     metrics = {**test, "val": {k: v for k, v in val.items() if k != "per_class"} if val else None,
-               "selected": chosen, "train_seconds": round(train_time, 2), "epochs": stage.epochs, "steps": total_steps}
+               "selected": chosen, "train_seconds": round(train_time, 2), "epochs": stage.epochs, "steps": total_steps,
+               **({"fit": fitted} if fitted else {})}
     logger.log(total_steps, epoch=stage.epochs, test_top1=test["top1"], test_many=test["many"],
                test_medium=test["medium"], test_few=test["few"])
     save_atomic({"kind": "final", "stage": stage.name, "method": stage.method, "model": model.state_dict(),

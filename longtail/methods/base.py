@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..config import parse_params
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError
 from ..models.classifier import build_classifier
 
 
@@ -58,6 +58,7 @@ def get_method(name: str) -> type["Method"]:
 class Method:
     name: ClassVar[str] = ""
     Params: ClassVar[type] = NoParams
+    scope: ClassVar[str] = "all"  # what SGD updates by default: all | classifier | lws | none (post-hoc)
 
     def __init__(self, ctx):
         self.ctx = ctx
@@ -71,16 +72,43 @@ class Method:
     def build_model(self) -> nn.Module:
         return build_classifier(self.ctx.recipe.model, self.ctx.num_classes, self.heads())
 
+    @property
+    def head_name(self) -> str:
+        """The class head this stage trains and tests with."""
+        return getattr(self.p, "head", "main")
+
+    @property
+    def train_scope(self) -> str:
+        return self.scope if self.stage.train == "auto" else self.stage.train
+
     def init_from(self, model: nn.Module, state: dict) -> None:
-        """Start from an earlier stage's weights (``init: <stage>``)."""
-        model.load_state_dict(state)
+        """Start from an earlier stage's weights (``init: <stage>``); only this stage's adjusters may be new."""
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        bad = [k for k in missing if not k.startswith("adjust.")] + list(unexpected)
+        if bad:
+            raise CheckpointError(f"stage {self.stage.name}: the weights of stage {self.stage.init!r} do not fit this "
+                                  f"model ({', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''})")
+
+    def frozen_parts(self, model: nn.Module) -> list[nn.Module]:
+        return {
+            "all": [],
+            "classifier": [model.backbone, model.neck],
+            "lws": [model.backbone, model.neck, model.heads],
+            "none": [model],
+        }[self.train_scope]
 
     def prepare(self, model: nn.Module) -> None:
-        """Freeze parts, load teachers: runs once after the model is built and initialised."""
+        """Freeze what this stage does not train; subclasses also load teachers here."""
+        for part in self.frozen_parts(model):
+            part.requires_grad_(False)
 
     def train_mode(self, model: nn.Module) -> None:
-        """Called at the start of each epoch. Frozen parts must stay in eval mode (BatchNorm)."""
+        """Called at the start of each epoch. Frozen parts stay in eval mode, so their BatchNorm
+        statistics do not move, unless the stage says ``bn: train``."""
         model.train()
+        if self.stage.bn == "frozen":
+            for part in self.frozen_parts(model):
+                part.eval()
 
     def parameters(self, model: nn.Module) -> list[nn.Parameter]:
         return [p for p in model.parameters() if p.requires_grad]
@@ -94,7 +122,11 @@ class Method:
     def loss(self, model: nn.Module, batch: dict[str, Batch], g: torch.Generator) -> tuple[torch.Tensor, dict]:
         raise NotImplementedError
 
+    def fit(self, model: nn.Module) -> dict:
+        """Post-hoc stages (``train: none``): compute what they need without SGD; return what was chosen."""
+        raise NotImplementedError(f"method {self.name!r} trains with SGD; it has no post-hoc fit")
+
     @torch.no_grad()
     def predict(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """Test-time logits."""
-        return model(x)["main"]
+        return model(x)[self.head_name]

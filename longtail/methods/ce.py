@@ -15,6 +15,6 @@ class CrossEntropy(Method):
 
     def loss(self, model, batch, g):
         b = batch["x"]
-        logits = model(b.x)["main"]
+        logits = model(b.x)[self.head_name]
         loss = F.cross_entropy(logits.float(), b.y)
         return loss, {"ce": loss.detach()}

@@ -1,4 +1,9 @@
-"""A backbone, an optional neck, and one or more heads on the same feature."""
+"""A backbone, an optional neck, and one or more heads on the same feature.
+
+The parts are named so that stages can freeze them: ``backbone`` and ``neck``
+make the feature, ``heads`` the logits, ``adjust`` the post-hoc or LWS logit
+adjusters of the decoupled re-balancers.
+"""
 from __future__ import annotations
 
 import torch
@@ -13,6 +18,7 @@ class Classifier(nn.Module):
         self.backbone = backbone
         self.neck = neck if neck is not None else nn.Identity()
         self.heads = nn.ModuleDict(heads)
+        self.adjust = nn.ModuleDict()  # head name -> logit adjuster (LWS, tau-norm, NCM, ...), see adjust.py
         self.feature_dim = getattr(neck, "feature_dim", None) or backbone.feature_dim
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -20,7 +26,10 @@ class Classifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         feat = self.features(x)
-        out = {name: head(feat) for name, head in self.heads.items()}
+        out = {}
+        for name, head in self.heads.items():
+            z = head(feat)
+            out[name] = self.adjust[name](z, feat, head) if name in self.adjust else z
         out["feat"] = feat
         return out
 

@@ -1,0 +1,186 @@
+"""Decoupled classifier re-balancing (Kang et al., ICLR 2020) and logit adjustment (Menon et al., ICLR 2021).
+
+Each runs as a stage on an earlier stage's weights (``init: <stage>``):
+
+* ``crt``: re-initialise the class head, re-train it on the frozen backbone;
+* ``lws``: learn one scale per class on the frozen head;
+* ``tau_norm``, ``ncm``, ``logit_adjust``: post-hoc, no SGD; tau is picked on the validation split;
+* ``la_loss``: logit adjustment as a training loss, from scratch.
+
+Fine-tuning is the ``ce`` method with ``init: <stage>`` and a small lr.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import ConfigError
+from ..models.adjust import LogitAdjust, LWSScale, NearestClassMean, TauNorm
+from .base import register
+from .ce import CrossEntropy
+
+
+@dataclass
+class HeadParams:
+    head: str = "main"  # which class head to re-balance
+
+
+@register
+class ClassifierRetraining(CrossEntropy):
+    """cRT: a fresh class head trained on frozen features (use a class-balanced sampler)."""
+
+    name = "crt"
+    scope = "classifier"
+    Params = HeadParams
+
+    def init_from(self, model, state):
+        super().init_from(model, state)
+        model.heads[self.head_name].reset_parameters()
+
+
+class AdjustedHead(CrossEntropy):
+    """A stage that puts a logit adjuster on an earlier stage's head (see models/adjust.py)."""
+
+    Params = HeadParams
+
+    def make_adjuster(self, model):
+        raise NotImplementedError
+
+    def build_model(self):
+        model = super().build_model()
+        model.adjust[self.head_name] = self.make_adjuster(model)
+        return model
+
+
+@register
+class LearnableWeightScaling(AdjustedHead):
+    """LWS: z_c = f_c * (w_c . v + b_c) with only f trained, from f = 1 (use a class-balanced sampler)."""
+
+    name = "lws"
+    scope = "lws"
+
+    def make_adjuster(self, model):
+        return LWSScale(self.ctx.num_classes)
+
+
+@dataclass
+class TauParams:
+    head: str = "main"
+    tau: float | None = None  # a fixed tau; None: choose it on the validation split from the grid
+    grid: list[float] = field(default_factory=lambda: [round(0.1 * i, 1) for i in range(21)])  # [0, 2]
+
+
+class PostHoc(AdjustedHead):
+    """A stage that fits a logit adjuster without SGD; tau comes from the validation split only."""
+
+    scope = "none"
+    Params = TauParams
+
+    def choose_tau(self, model) -> dict:
+        """Score every tau of the grid on the validation split; keep the best (the smallest on ties)."""
+        from ..engine.loop import run_over
+
+        adjuster = model.adjust[self.head_name]
+        if self.p.tau is not None:
+            adjuster.tau.fill_(self.p.tau)
+            return {"tau": self.p.tau, "rule": "fixed"}
+        val = self.ctx.data.val
+        if val is None or len(val) == 0:
+            raise ConfigError(f"stages.{self.stage.name}: choosing tau needs a validation split; "
+                              f"set stages.{self.stage.name}.params.tau instead")
+        head = model.heads[self.head_name]
+        # One pass for features and raw logits; each tau is then a cheap re-scoring.
+        feats = run_over(self.ctx, model, val, lambda m, x: m.features(x))
+        labels = torch.as_tensor(val.labels)
+        raw = head(feats.to(next(head.parameters()).device)).float().cpu()
+        per_class = np.bincount(val.labels, minlength=self.ctx.num_classes).clip(min=1)
+        scores = {}
+        for tau in self.p.grid:
+            adjuster.tau.fill_(tau)
+            with torch.no_grad():
+                z = adjuster(raw.to(adjuster.tau.device), feats.to(adjuster.tau.device), head).cpu()
+            hit = (z.argmax(1) == labels).double()
+            # Mean per-class accuracy, so the val split's classes weigh equally even if one is short.
+            acc = np.bincount(val.labels, weights=hit.numpy(), minlength=self.ctx.num_classes) / per_class
+            present = np.bincount(val.labels, minlength=self.ctx.num_classes) > 0
+            scores[tau] = round(100 * float(acc[present].mean()), 4)
+        best = max(self.p.grid, key=lambda t: (scores[t], -t))
+        adjuster.tau.fill_(best)
+        return {"tau": best, "rule": "best val top-1 over grid", "val_top1_by_tau": scores}
+
+
+@register
+class TauNormalisation(PostHoc):
+    """tau-norm: w_c / ||w_c||^tau, no training."""
+
+    name = "tau_norm"
+
+    def make_adjuster(self, model):
+        return TauNorm()
+
+    def fit(self, model):
+        return self.choose_tau(model)
+
+
+@register
+class PostHocLogitAdjustment(PostHoc):
+    """z_c - tau * log pi_c with pi the training label prior, no training."""
+
+    name = "logit_adjust"
+
+    def make_adjuster(self, model):
+        return LogitAdjust(self.ctx.num_classes)
+
+    def fit(self, model):
+        counts = torch.as_tensor(self.ctx.train_counts, dtype=torch.float32)
+        model.adjust[self.head_name].log_prior.copy_(torch.log(counts / counts.sum()))
+        return self.choose_tau(model)
+
+
+@register
+class NearestClassMeanClassifier(PostHoc):
+    """NCM: cosine to the class means of L2-normalised training features (no augmentation)."""
+
+    name = "ncm"
+    Params = HeadParams
+
+    def make_adjuster(self, model):
+        return NearestClassMean(self.ctx.num_classes, model.feature_dim)
+
+    def fit(self, model):
+        from ..engine.loop import run_over
+
+        train = self.ctx.data.train
+        feats = F.normalize(run_over(self.ctx, model, train, lambda m, x: m.features(x)).float(), dim=1)
+        labels = torch.as_tensor(train.labels)
+        means = torch.zeros(self.ctx.num_classes, feats.shape[1]).index_add_(0, labels, feats)
+        means /= torch.bincount(labels, minlength=self.ctx.num_classes).clamp(min=1)[:, None]
+        model.adjust[self.head_name].means.copy_(means)
+        return {"class_means": "L2-normalised training features, no augmentation", "num_images": len(labels)}
+
+
+@dataclass
+class LALossParams:
+    tau: float = 1.0
+
+
+@register
+class LogitAdjustedLoss(CrossEntropy):
+    """Logit-adjusted loss (Menon et al. 2021, Eq. 10): CE(z + tau * log pi, y); test with the raw z."""
+
+    name = "la_loss"
+    Params = LALossParams
+
+    def prepare(self, model):
+        super().prepare(model)
+        counts = torch.as_tensor(self.ctx.train_counts, dtype=torch.float32).clamp(min=1)
+        self.log_prior = torch.log(counts / counts.sum()).to(self.ctx.runtime.device)
+
+    def loss(self, model, batch, g):
+        b = batch["x"]
+        z = model(b.x)[self.head_name].float() + self.p.tau * self.log_prior
+        loss = F.cross_entropy(z, b.y)
+        return loss, {"la_ce": loss.detach()}

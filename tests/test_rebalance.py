@@ -1,0 +1,204 @@
+"""Decoupled re-balancers: their maths against hand computations, frozen BatchNorm, and multi-stage resume."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from longtail.config import recipe_from_dict
+from longtail.data.synthetic import synthetic_bundle
+from longtail.engine.checkpoint import load_checkpoint
+from longtail.engine.loop import StageContext
+from longtail.engine.pipeline import run_recipe
+from longtail.engine.runtime import setup_runtime
+from longtail.methods import METHODS, get_method
+from longtail.methods.ce import CrossEntropy
+
+AUG = [{"op": "random_crop", "size": 16, "padding": 2}, {"op": "random_hflip"}, {"op": "normalize"}]
+STAGES = {
+    "ce": {"name": "ce", "method": "ce", "epochs": 3, "optim": {"lr": 0.1}},
+    "crt": {"name": "crt", "method": "crt", "init": "ce", "sampler": "class_balanced", "samples_per_class": 4, "epochs": 1,
+            "optim": {"lr": 0.1}},
+    "lws": {"name": "lws", "method": "lws", "init": "ce", "sampler": "class_balanced", "samples_per_class": 2, "epochs": 1,
+            "optim": {"lr": 0.2}},
+    "tau_norm": {"name": "tau_norm", "method": "tau_norm", "init": "ce", "epochs": 0},
+    "ncm": {"name": "ncm", "method": "ncm", "init": "ce", "epochs": 0},
+    "logit_adjust": {"name": "logit_adjust", "method": "logit_adjust", "init": "ce", "epochs": 0},
+    "finetune": {"name": "finetune", "method": "ce", "init": "ce", "sampler": "class_balanced", "epochs": 1, "optim": {"lr": 0.01}},
+}
+
+
+def recipe(*names, **over):
+    stages = []
+    for n in names:
+        s = {"batch_size": 32, "schedule": {"kind": "cosine"}, "augment": AUG, **STAGES[n]}
+        s.update(over.get(n, {}))
+        stages.append(s)
+    return recipe_from_dict({
+        "name": "tiny-decoupling", "data": {"dataset": "synthetic"}, "model": {"backbone": "resnet20"},
+        "runtime": {"device": "cpu", "amp": "off", "progress": False, "tensorboard": False, "checkpoint_every": 3},
+        "stages": stages,
+    })
+
+
+@pytest.fixture(scope="module")
+def data():
+    return synthetic_bundle(num_classes=6, max_per_class=100, imbalance=10, size=16)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, data):
+    out = tmp_path_factory.mktemp("decoupling")
+    res = run_recipe(recipe("ce", "crt", "lws", "tau_norm", "ncm", "logit_adjust", "finetune"), out, data=data)
+    return out, res
+
+
+def built(data, stage_name, *names):
+    """A stage's method and model, as the engine builds them, without training."""
+    r = recipe(*names)
+    ctx = StageContext(r, r.stage(stage_name), data, setup_runtime(r.runtime))
+    method = get_method(ctx.stage.method)(ctx)
+    model = method.build_model().eval()
+    return method, model, ctx
+
+
+def test_lws_scales_multiply_whole_logit_bias_included(data):
+    _, model, _ = built(data, "lws", "ce", "lws")
+    s = torch.rand(6) + 0.5
+    model.adjust["main"].scale.data.copy_(s)
+    x = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        v = model.features(x)
+        fc = model.heads["main"].fc
+        assert torch.allclose(model(x)["main"], s * (v @ fc.weight.t() + fc.bias), atol=1e-5)
+
+
+def test_tau_norm_zero_is_plain_and_one_normalises_rows(data):
+    _, model, _ = built(data, "tau_norm", "ce", "tau_norm")
+    x = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        v = model.features(x)
+        fc = model.heads["main"].fc
+        plain = v @ fc.weight.t() + fc.bias
+        model.adjust["main"].tau.fill_(0.0)
+        assert torch.allclose(model(x)["main"], plain, atol=1e-5)
+        model.adjust["main"].tau.fill_(1.0)
+        w = fc.weight / fc.weight.norm(dim=1, keepdim=True)
+        assert torch.allclose(model(x)["main"], v @ w.t() + fc.bias, atol=1e-5)
+
+
+def test_posthoc_logit_adjustment_tau_zero_changes_nothing(data):
+    _, model, _ = built(data, "logit_adjust", "ce", "logit_adjust")
+    prior = torch.tensor([0.4, 0.2, 0.15, 0.1, 0.1, 0.05])
+    model.adjust["main"].log_prior.copy_(prior.log())
+    x = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        z = model.heads["main"](model.features(x))
+        model.adjust["main"].tau.fill_(0.0)
+        assert torch.equal(model(x)["main"], z)
+        model.adjust["main"].tau.fill_(1.5)
+        assert torch.allclose(model(x)["main"], z - 1.5 * prior.log(), atol=1e-6)
+
+
+def test_ncm_predicts_argmax_cosine_to_class_means(run, data):
+    out, res = run
+    method, model, ctx = built(data, "ncm", "ce", "ncm")
+    model.load_state_dict(load_checkpoint(out / "ncm" / "final.pt")["model"])
+    # Hand computation: class means of the L2-normalised CE features of the (unaugmented) training images.
+    aug = ctx.augment("eval")
+    with torch.no_grad():
+        def feats(split):
+            u8, _ = split.load(np.arange(len(split)))
+            return F.normalize(model.features(aug(u8, None)), dim=1)
+        f_train, y_train = feats(data.train), torch.as_tensor(data.train.labels)
+        means = torch.stack([f_train[y_train == c].mean(0) for c in range(6)])
+        assert torch.allclose(model.adjust["main"].means, means, atol=1e-4)
+        f_test = feats(data.test)
+        hand = (f_test @ F.normalize(means, dim=1).t()).argmax(1)
+        u8, _ = data.test.load(np.arange(len(data.test)))
+        assert torch.equal(model(aug(u8, None))["main"].argmax(1), hand)
+    acc = 100 * (hand == torch.as_tensor(data.test.labels)).double().mean().item()
+    assert res["stages"]["ncm"]["top1"] == pytest.approx(acc, abs=1e-3)
+
+
+def test_tau_is_chosen_on_validation_only(run):
+    _, res = run
+    for name in ("tau_norm", "logit_adjust"):
+        fit = res["stages"][name]["fit"]
+        scores = fit["val_top1_by_tau"]
+        assert len(scores) == 21 and min(scores) == 0.0 and max(scores) == 2.0
+        assert scores[fit["tau"]] == max(scores.values())
+        assert fit["tau"] == min(t for t, v in scores.items() if v == max(scores.values()))  # ties: the smallest tau
+
+
+def _bn_buffers(state, prefix="backbone."):
+    return {k: v for k, v in state.items() if k.startswith(prefix) and ("running_" in k or "num_batches" in k)}
+
+
+def test_crt_and_lws_keep_backbone_and_batchnorm_frozen(run):
+    out, _ = run
+    ce = load_checkpoint(out / "ce" / "final.pt")["model"]
+    for stage in ("crt", "lws"):
+        st = load_checkpoint(out / stage / "final.pt")["model"]
+        bn = _bn_buffers(ce)
+        assert bn and all(torch.equal(bn[k], st[k]) for k in bn), f"{stage} moved BatchNorm statistics"
+        assert all(torch.equal(ce[k], st[k]) for k in ce if k.startswith("backbone."))
+    crt = load_checkpoint(out / "crt" / "final.pt")["model"]
+    assert not torch.allclose(crt["heads.main.fc.weight"], ce["heads.main.fc.weight"])  # re-initialised, re-trained
+    lws = load_checkpoint(out / "lws" / "final.pt")["model"]
+    assert torch.equal(lws["heads.main.fc.weight"], ce["heads.main.fc.weight"])  # LWS trains only the scales
+    assert not torch.allclose(lws["adjust.main.scale"], torch.ones(6))
+    ft = load_checkpoint(out / "finetune" / "final.pt")["model"]
+    assert not all(torch.equal(ce[k], ft[k]) for k in _bn_buffers(ce))  # fine-tuning trains everything
+
+
+def test_bn_train_is_an_explicit_opt_in_that_moves_statistics(run, data, tmp_path):
+    out, _ = run
+    r = recipe("ce", "crt", crt={"bn": "train"})
+    (tmp_path / "ce").mkdir()
+    (tmp_path / "ce" / "final.pt").write_bytes((out / "ce" / "final.pt").read_bytes())
+    run_recipe(r, tmp_path, data=data, resume=True)
+    ce = _bn_buffers(load_checkpoint(out / "ce" / "final.pt")["model"])
+    crt = load_checkpoint(tmp_path / "crt" / "final.pt")["model"]
+    assert not all(torch.equal(ce[k], crt[k]) for k in ce)
+
+
+def test_results_hold_every_stage(run):
+    out, res = run
+    assert set(res["stages"]) == {"ce", "crt", "lws", "tau_norm", "ncm", "logit_adjust", "finetune"}
+    for m in res["stages"].values():
+        assert {"top1", "top5", "many", "medium", "few", "per_class"} <= set(m)
+
+
+class CountingCE(CrossEntropy):
+    name = "ce_count"
+    calls = 0
+
+    def loss(self, model, batch, g):
+        CountingCE.calls += 1
+        return super().loss(model, batch, g)
+
+
+class CrashingCRT(METHODS["crt"]):
+    name = "crt_crash"
+    calls = 0
+
+    def loss(self, model, batch, g):
+        CrashingCRT.calls += 1
+        if CrashingCRT.calls == 5:
+            raise KeyboardInterrupt  # as if killed
+        return super().loss(model, batch, g)
+
+
+def test_killed_in_stage_two_resumes_without_rerunning_stage_one(data, tmp_path):
+    METHODS["ce_count"], METHODS["crt_crash"] = CountingCE, CrashingCRT
+    r = recipe("ce", "crt", ce={"method": "ce_count", "epochs": 1}, crt={"method": "crt_crash", "epochs": 2})
+    with pytest.raises(KeyboardInterrupt):
+        run_recipe(r, tmp_path, data=data)
+    stage1_steps = CountingCE.calls
+    ck = load_checkpoint(tmp_path / "crt" / "checkpoint.pt")
+    assert (ck["epoch"], ck["step"]) == (0, 3)
+    res = run_recipe(r, tmp_path, data=data, resume=True)
+    assert CountingCE.calls == stage1_steps  # stage 1 was not trained again
+    steps_per_epoch = -(-len(data.train) // 32)
+    assert CrashingCRT.calls == 5 + (2 * steps_per_epoch - 3)  # 5 calls (the last one died), then on from step 3
+    assert set(res["stages"]) == {"ce", "crt"}
