@@ -153,15 +153,15 @@ class Recipe:
 
 
 CHOICES = {
-    "profile": ("exp", "step"),
-    "head": ("linear", "cosine"),
-    "kind": ("multistep", "cosine", "constant"),
-    "sampler": ("instance", "class_balanced", "sqrt"),
-    "epoch_length": ("dataset", "balanced"),
-    "select": ("last", "best_val"),
-    "train": ("auto", "all", "classifier", "lws", "none"),
-    "bn": ("frozen", "train"),
-    "amp": ("auto", "bf16", "fp16", "off"),
+    "DataConfig.profile": ("exp", "step"),
+    "ModelConfig.head": ("linear", "cosine"),
+    "ScheduleConfig.kind": ("multistep", "cosine", "constant"),
+    "StageConfig.sampler": ("instance", "class_balanced", "sqrt"),
+    "StageConfig.epoch_length": ("dataset", "balanced"),
+    "StageConfig.select": ("last", "best_val"),
+    "StageConfig.train": ("auto", "all", "classifier", "lws", "none"),
+    "StageConfig.bn": ("frozen", "train"),
+    "RuntimeConfig.amp": ("auto", "bf16", "fp16", "off"),
 }
 
 
@@ -243,8 +243,9 @@ def from_dict(cls, data, prefix: str = ""):
         if key not in names:
             raise ConfigError(f"unknown config key {dotted!r}; valid keys here: {', '.join(sorted(names))}")
         kwargs[key] = _coerce(value, hints[key], dotted)
-        if key in CHOICES and kwargs[key] not in CHOICES[key]:
-            raise ConfigError(f"{dotted}: {kwargs[key]!r} is not one of {', '.join(CHOICES[key])}")
+        choices = CHOICES.get(f"{cls.__name__}.{key}")
+        if choices and kwargs[key] not in choices:
+            raise ConfigError(f"{dotted}: {kwargs[key]!r} is not one of {', '.join(choices)}")
     return cls(**kwargs)
 
 

@@ -12,8 +12,8 @@ VPY=.venv/bin/python
 if ! "$VPY" -c "import torch" 2>/dev/null; then
   "$VPY" -m pip install -q -c constraints.txt "torch==2.13.0"
 fi
-if ! "$VPY" -c "import numpy, yaml, PIL, pytest" 2>/dev/null; then
-  "$VPY" -m pip install -q -c constraints.txt numpy pyyaml pillow pytest
+if ! "$VPY" -c "import numpy, yaml, PIL, pytest, matplotlib" 2>/dev/null; then
+  "$VPY" -m pip install -q -c constraints.txt numpy pyyaml pillow pytest matplotlib
 fi
 # The editable install gives the `longtail` console script; --no-deps so it never touches torch.
 if [ ! -x .venv/bin/longtail ]; then

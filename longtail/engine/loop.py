@@ -42,6 +42,7 @@ class StageContext:
     data: DataBundle
     runtime: Runtime
     artifacts: dict[str, Path] = field(default_factory=dict)  # stage name -> final checkpoint
+    out_dir: Path | None = None  # this stage's folder, for figures
 
     @property
     def num_classes(self) -> int:
@@ -58,7 +59,7 @@ class StageContext:
         return Augment.from_spec(spec, mean=d.mean, std=d.std)
 
     def for_stage(self, name: str) -> "StageContext":
-        return StageContext(self.recipe, self.recipe.stage(name), self.data, self.runtime, self.artifacts)
+        return StageContext(self.recipe, self.recipe.stage(name), self.data, self.runtime, self.artifacts)  # no out_dir: read-only
 
     def load_stage_model(self, name: str) -> tuple[Method, nn.Module]:
         """An earlier stage's method and trained model, frozen in eval mode (a teacher)."""
@@ -229,7 +230,7 @@ def train_stage(ctx: StageContext, stage_dir: Path, resume: bool = False) -> dic
                 if not all(np.isfinite(list(means.values()))):
                     raise TrainingError(f"stage {stage.name}: the loss diverged ({means}) at epoch {epoch} step {step}; "
                                         f"lower stages.{stage.name}.optim.lr or set runtime.amp=off. Checkpoints up to here are kept.")
-                logger.log(gstep + 1, epoch=epoch, lr=lr, **means)
+                logger.log(gstep + 1, {"epoch": epoch, "lr": lr, **means})
                 bar.update(0, loss=means["loss"], lr=lr)
                 running, seen = None, 0
             bar.update(1)
@@ -240,8 +241,7 @@ def train_stage(ctx: StageContext, stage_dir: Path, resume: bool = False) -> dic
             if rt.is_main:
                 val = evaluate_split(method, model, ctx, ctx.data.val)
                 history.append({"epoch": epoch, "val_top1": val["top1"]})
-                logger.log(epoch * steps_per_epoch, epoch=epoch, val_top1=val["top1"], val_many=val["many"],
-                           val_medium=val["medium"], val_few=val["few"])
+                logger.log(epoch * steps_per_epoch, {"epoch": epoch, **{f"val_{k}": val[k] for k in ("top1", "many", "medium", "few")}})
                 if stage.select == "best_val" and val["top1"] >= max(h["val_top1"] for h in history):
                     save_atomic({"kind": "best", "epoch": epoch, "model": model.state_dict()}, stage_dir / "best.pt")
         save(epoch, 0)
@@ -268,11 +268,11 @@ def finish_stage(method: Method, model: nn.Module, ctx: StageContext, stage_dir:
             val = evaluate_split(method, model, ctx, ctx.data.val)
         chosen = {"epoch": best["epoch"], "rule": "best_val"}
     test = evaluate_split(method, model, ctx, ctx.data.test)
+    extra = method.report(model)
     metrics = {**test, "val": {k: v for k, v in val.items() if k != "per_class"} if val else None,
                "selected": chosen, "train_seconds": round(train_time, 2), "epochs": stage.epochs, "steps": total_steps,
-               **({"fit": fitted} if fitted else {})}
-    logger.log(total_steps, epoch=stage.epochs, test_top1=test["top1"], test_many=test["many"],
-               test_medium=test["medium"], test_few=test["few"])
+               **({"fit": fitted} if fitted else {}), **({"report": extra} if extra else {})}
+    logger.log(total_steps, {"epoch": stage.epochs, **{f"test_{k}": test[k] for k in ("top1", "many", "medium", "few")}})
     save_atomic({"kind": "final", "stage": stage.name, "method": stage.method, "model": model.state_dict(),
                  "recipe": ctx.recipe.to_dict(), "metrics": metrics}, stage_dir / "final.pt")
     return metrics

@@ -75,7 +75,7 @@ class MetricLogger:
             except Exception:  # tensorboard not installed: JSONL is the record
                 self.tb = None
 
-    def log(self, step: int, **fields) -> None:
+    def log(self, step: int, fields: dict) -> None:
         if self.path is None:
             return
         with open(self.path, "a") as f:

@@ -67,6 +67,10 @@ class Method:
 
     # -- model --------------------------------------------------------------
     def heads(self) -> dict[str, int]:
+        """Class heads by name; a stage that starts from another keeps that stage's heads."""
+        if self.stage.init != "fresh":
+            ctx = self.ctx.for_stage(self.stage.init)
+            return get_method(ctx.stage.method)(ctx).heads()
         return {"main": self.ctx.num_classes}
 
     def build_model(self) -> nn.Module:
@@ -83,8 +87,9 @@ class Method:
 
     def init_from(self, model: nn.Module, state: dict) -> None:
         """Start from an earlier stage's weights (``init: <stage>``); only this stage's adjusters may be new."""
+        state = {k: v for k, v in state.items() if not k.startswith("aux.")}  # training-only parts stay behind
         missing, unexpected = model.load_state_dict(state, strict=False)
-        bad = [k for k in missing if not k.startswith("adjust.")] + list(unexpected)
+        bad = [k for k in missing if not k.startswith(("adjust.", "aux."))] + list(unexpected)
         if bad:
             raise CheckpointError(f"stage {self.stage.name}: the weights of stage {self.stage.init!r} do not fit this "
                                   f"model ({', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''})")
@@ -121,6 +126,10 @@ class Method:
     # -- step ---------------------------------------------------------------
     def loss(self, model: nn.Module, batch: dict[str, Batch], g: torch.Generator) -> tuple[torch.Tensor, dict]:
         raise NotImplementedError
+
+    def report(self, model: nn.Module) -> dict:
+        """Extra results of a trained stage for results.json (e.g. SSD's distilled-label distribution)."""
+        return {}
 
     def fit(self, model: nn.Module) -> dict:
         """Post-hoc stages (``train: none``): compute what they need without SGD; return what was chosen."""

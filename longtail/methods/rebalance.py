@@ -162,6 +162,20 @@ class NearestClassMeanClassifier(PostHoc):
         return {"class_means": "L2-normalised training features, no augmentation", "num_images": len(labels)}
 
 
+@register
+class EvaluateHead(AdjustedHead):
+    """Score another head of an earlier stage as it is (e.g. SSD's III-soft): no training, no adjuster."""
+
+    name = "evaluate"
+    scope = "none"
+
+    def build_model(self):
+        return CrossEntropy.build_model(self)
+
+    def fit(self, model):
+        return {"head": self.head_name}
+
+
 @dataclass
 class LALossParams:
     tau: float = 1.0

@@ -1,8 +1,9 @@
 """A backbone, an optional neck, and one or more heads on the same feature.
 
 The parts are named so that stages can freeze them: ``backbone`` and ``neck``
-make the feature, ``heads`` the logits, ``adjust`` the post-hoc or LWS logit
-adjusters of the decoupled re-balancers.
+make the feature, ``heads`` the class logits, ``adjust`` the post-hoc or LWS
+logit adjusters of the decoupled re-balancers, ``aux`` what only training uses
+(self-supervised heads, momentum encoders).
 """
 from __future__ import annotations
 
@@ -19,6 +20,9 @@ class Classifier(nn.Module):
         self.neck = neck if neck is not None else nn.Identity()
         self.heads = nn.ModuleDict(heads)
         self.adjust = nn.ModuleDict()  # head name -> logit adjuster (LWS, tau-norm, NCM, ...), see adjust.py
+        # Training-only parts (rotation head, momentum encoder, queue): checkpointed with their stage,
+        # never inherited by a later stage.
+        self.aux = nn.ModuleDict()
         self.feature_dim = getattr(neck, "feature_dim", None) or backbone.feature_dim
 
     def features(self, x: torch.Tensor) -> torch.Tensor:

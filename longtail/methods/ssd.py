@@ -1,0 +1,173 @@
+"""SSD: Self Supervision to Distillation (Li, Wang, Wu; ICCV 2021).
+
+The method is a pipeline of stages (see ``recipes/*/ssd.yaml``):
+
+* I   ``ssd_ssl``: instance sampling, a1 * CE + a2 * L_self (rotation on CIFAR, MoCo v2 on ImageNet / iNat);
+* II  ``lws`` on the frozen stage-I model: the teacher;
+* III ``ssd_distill``: a re-initialised network, hard head (CE) + soft head (KD from the online teacher);
+* IV  ``lws`` on the stage-III hard head.
+
+This file holds stages I and III; II and IV are the LWS re-balancer.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data.augment import random_rotate90
+from ..errors import ConfigError
+from ..models.moco import MoCo
+from .base import Method, register
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The Classifier inside a DDP and/or torch.compile wrapper."""
+    model = getattr(model, "_orig_mod", model)
+    return getattr(model, "module", model)
+
+
+def kd_loss(student_logits: torch.Tensor, soft_targets: torch.Tensor, T: float) -> torch.Tensor:
+    """SSD Eq. 5: KD = -T^2 * sum_i p_i * log softmax(z_soft / T)_i, averaged over the batch."""
+    return -(T * T) * (soft_targets * F.log_softmax(student_logits / T, dim=1)).sum(dim=1).mean()
+
+
+def rotation_batch(x: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """A copy of each image rotated by k * 90 degrees, k drawn per image; k is the rotation label."""
+    return random_rotate90(x, g)
+
+
+@dataclass
+class SSLParams:
+    self_sup: str = "rotation"  # rotation | moco | none
+    a1: float = 1.0  # weight of CE
+    a2: float = 1.0  # weight of L_self
+    # MoCo v2 (instance discrimination)
+    moco_dim: int = 128
+    moco_queue: int = 65536
+    moco_momentum: float = 0.999
+    moco_tau: float = 0.2
+    moco_mlp: bool = True
+    moco_mask_same_label: bool = False  # official code's extra: drop same-label negatives (off in the paper)
+    key_augment: str = "moco_v2"  # augmentation of the momentum encoder's input only
+
+
+@register
+class SSDSelfSupervised(Method):
+    """Stage I: L = a1 * CE(h(f(x)), y) + a2 * L_self (SSD Eq. 1)."""
+
+    name = "ssd_ssl"
+    Params = SSLParams
+
+    def __init__(self, ctx):
+        super().__init__(ctx)
+        if self.p.self_sup not in ("rotation", "moco", "none"):
+            raise ConfigError(f"stages.{self.stage.name}.params.self_sup: {self.p.self_sup!r} is not one of rotation, moco, none")
+        if self.p.self_sup == "moco":
+            self.key_augment = ctx.augment(self.p.key_augment)
+
+    def build_model(self):
+        model = super().build_model()
+        if self.p.self_sup == "rotation":
+            model.aux["rotation"] = nn.Linear(model.feature_dim, 4)
+        elif self.p.self_sup == "moco":
+            encoder = nn.Sequential(model.backbone, model.neck)
+            model.aux["moco"] = MoCo(encoder, model.feature_dim, self.p.moco_dim, self.p.moco_queue,
+                                     self.p.moco_momentum, self.p.moco_tau, self.p.moco_mlp)
+        return model
+
+    def loss(self, model, batch, g):
+        b, core = batch["x"], unwrap(model)
+        n = len(b.y)
+        if self.p.self_sup == "rotation":
+            x_rot, k = rotation_batch(b.x, g)
+            out = model(torch.cat([b.x, x_rot]))
+            ce = F.cross_entropy(out["main"][:n].float(), b.y)
+            l_self = F.cross_entropy(core.aux["rotation"](out["feat"][n:]).float(), k)
+        else:
+            out = model(b.x)
+            ce = F.cross_entropy(out["main"].float(), b.y)
+            if self.p.self_sup == "none":
+                return ce, {"ce": ce.detach()}
+            moco = core.aux["moco"]
+            x_key = self.key_augment(b.raw, g)
+            if self.ctx.runtime.channels_last:
+                x_key = x_key.contiguous(memory_format=torch.channels_last)
+            k = moco.keys(nn.Sequential(core.backbone, core.neck), x_key)
+            l_self = moco.loss(out["feat"], k, b.y if self.p.moco_mask_same_label else None)
+            moco.enqueue(k, b.y)
+        loss = self.p.a1 * ce + self.p.a2 * l_self
+        return loss, {"ce": ce.detach(), "ssl": l_self.detach()}
+
+
+@dataclass
+class DistillParams:
+    teacher: str = "stage2"  # the stage whose model gives the soft labels (online, eval mode)
+    T: float = 2.0
+    l1: float = 1.0  # weight of CE on the hard head
+    l2: float = 1.0  # weight of KD on the soft head
+    mode: str = "decoupled"  # decoupled: hard + soft heads | coupled: one head, both losses | single: one head, KD only
+
+
+@register
+class SSDDistill(Method):
+    """Stage III: L = l1 * CE(y, z_hard) + l2 * KD(softmax(z_teacher / T), z_soft) (SSD Eq. 4-5)."""
+
+    name = "ssd_distill"
+    Params = DistillParams
+
+    def __init__(self, ctx):
+        super().__init__(ctx)
+        if self.p.mode not in ("decoupled", "coupled", "single"):
+            raise ConfigError(f"stages.{self.stage.name}.params.mode: {self.p.mode!r} is not one of decoupled, coupled, single")
+        if self.p.teacher not in ctx.artifacts and self.p.teacher not in [s.name for s in ctx.recipe.stages]:
+            raise ConfigError(f"stages.{self.stage.name}.params.teacher: no stage named {self.p.teacher!r}")
+
+    def heads(self):
+        c = self.ctx.num_classes
+        return {"hard": c, "soft": c} if self.p.mode == "decoupled" else {"main": c}
+
+    @property
+    def head_name(self):
+        return "hard" if self.p.mode == "decoupled" else "main"
+
+    def prepare(self, model):
+        super().prepare(model)
+        self.teacher_method, self.teacher = self.ctx.load_stage_model(self.p.teacher)
+
+    def soft_labels(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return F.softmax(self.teacher_method.predict(self.teacher, x).float() / self.p.T, dim=1)
+
+    def loss(self, model, batch, g):
+        b = batch["x"]
+        out = model(b.x)
+        p_t = self.soft_labels(b.x)  # same augmented batch as the student
+        soft = out["soft" if self.p.mode == "decoupled" else "main"].float()
+        kd = kd_loss(soft, p_t, self.p.T)
+        if self.p.mode == "single":
+            return kd, {"kd": kd.detach()}
+        ce = F.cross_entropy(out[self.head_name].float(), b.y)
+        return self.p.l1 * ce + self.p.l2 * kd, {"ce": ce.detach(), "kd": kd.detach()}
+
+    def report(self, model):
+        """SSD Fig. 5: per-class sum of the teacher's soft labels over the training set, next to the
+        original (instance) and class-balanced label distributions."""
+        from ..engine.loop import run_over
+
+        train = self.ctx.data.train
+        p = run_over(self.ctx, self.teacher, train, lambda m, x: F.softmax(self.teacher_method.predict(m, x).float() / self.p.T, dim=1))
+        counts = self.ctx.train_counts
+        dist = {
+            "original": [int(c) for c in counts],
+            "class_balanced": [round(float(counts.sum()) / len(counts), 4)] * len(counts),
+            "distilled": [round(float(v), 4) for v in p.sum(0)],
+            "T": self.p.T,
+        }
+        if self.ctx.out_dir is not None:
+            from ..report.plots import plot_label_distribution
+
+            dist["png"] = plot_label_distribution(dist, self.ctx.out_dir / "label_distribution.png")
+        return {"label_distribution": dist}
