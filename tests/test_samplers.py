@@ -71,3 +71,26 @@ def test_ddp_ranks_get_disjoint_shards_of_the_global_batch():
 def test_unknown_sampler():
     with pytest.raises(ConfigError, match="unknown sampler 'weird'"):
         build_sampler("weird", LABELS, 8, 0)
+
+
+def test_class_balanced_batch_holds_k_distinct_classes_times_z():
+    labels = np.concatenate([np.full(max(1, 200 >> c), c) for c in range(12)])
+    s = ClassBalancedSampler(labels, batch_size=32, seed=0, samples_per_class=4)
+    for epoch in range(3):
+        for b in s.plan(epoch)[:-1]:
+            classes, per = np.unique(labels[b], return_counts=True)
+            assert len(classes) == 8 and (per == 4).all()  # k = 32 / 4 classes, Z = 4 images each
+    drawn = np.concatenate([labels[np.concatenate(s.plan(e))] for e in range(20)])
+    freq = np.bincount(drawn) / len(drawn)
+    assert np.abs(freq - 1 / 12).max() < 0.01  # every class equally likely
+
+
+def test_instance_sampler_follows_the_training_distribution():
+    labels = np.concatenate([np.full(n, c) for c, n in enumerate([400, 200, 100, 50])])
+    s = InstanceSampler(labels, batch_size=64, seed=0)
+    # Over many batches, the class frequency of the first batch of each epoch matches n_c / N.
+    first = np.concatenate([labels[s.plan(e)[0]] for e in range(300)])
+    expected = np.array([400, 200, 100, 50]) / 750
+    observed = np.bincount(first, minlength=4) / len(first)
+    chi2 = (len(first) * (observed - expected) ** 2 / expected).sum()
+    assert chi2 < 16.3  # chi-square, 3 degrees of freedom, p = 0.001

@@ -60,10 +60,11 @@ class InstanceSampler(Sampler):
 class ClassBalancedSampler(Sampler):
     """Every class with equal probability (Decoupling / BalanceAux form).
 
-    Each batch takes ``k = S/Z`` classes without replacement from a shuffled
-    cycle over the classes, then ``Z`` images of each from a shuffled cycle
-    over that class's images, so a class with few images repeats them in turn
-    rather than at random.
+    Each batch picks ``k = S/Z`` classes without replacement (if ``k`` exceeds
+    the number of classes, every class once and the rest again without
+    replacement), then ``Z`` images of each from a shuffled cycle over that
+    class's images, so a class with few images repeats them in turn rather
+    than at random.
     """
 
     def __init__(self, labels, batch_size, seed=0, samples_per_class: int = 4, epoch_length: str = "dataset"):
@@ -85,12 +86,13 @@ class ClassBalancedSampler(Sampler):
 
     def order(self, epoch):
         rng = _rng(self.seed, epoch)
-        n_draws = math.ceil(self.epoch_size / self.z)
-        class_seq = _cycle(rng, self.classes, n_draws)
+        k = self.batch_size // self.z
+        n_batches = math.ceil(self.epoch_size / self.batch_size)
+        class_seq = np.concatenate([_cycle(rng, self.classes, k) for _ in range(n_batches)])
         # Per class, the images it needs this epoch, from its own shuffled cycle.
         need = np.bincount(class_seq, minlength=len(self.by_class)) * self.z
         pools = {c: iter(_cycle(rng, self.by_class[c], need[c])) for c in np.flatnonzero(need)}
-        out = np.empty(n_draws * self.z, dtype=np.int64)
+        out = np.empty(len(class_seq) * self.z, dtype=np.int64)
         for j, c in enumerate(class_seq):
             out[j * self.z : (j + 1) * self.z] = [next(pools[c]) for _ in range(self.z)]
         return out[: self.epoch_size]

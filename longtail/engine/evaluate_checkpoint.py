@@ -5,6 +5,7 @@ from ..config import recipe_from_dict
 from ..data.build import build_data, resolve_data_root
 from ..errors import CheckpointError
 from ..methods import get_method
+from ..models.classifier import load_exported
 from .checkpoint import load_checkpoint
 from .loop import StageContext, evaluate_split
 from .runtime import setup_runtime
@@ -22,7 +23,7 @@ def evaluate_checkpoint(path, data_root: str | None = None, device: str | None =
     ctx = StageContext(recipe, recipe.stage(ck["stage"]), data, rt)
     method = get_method(ctx.stage.method)(ctx)
     model = method.build_model()
-    model.load_state_dict(ck["model"])
+    load_exported(model, ck["model"])
     model.to(rt.device)
     if rt.channels_last:
         import torch

@@ -24,6 +24,8 @@ from ..data.images import DataBundle, ImageSet, TensorStore
 from ..data.samplers import build_sampler
 from ..errors import TrainingError
 from ..methods.base import Batch, Method, get_method
+from ..models.classifier import exported_state, load_exported
+from ..models.resnet import load_torchvision_state_dict
 from .checkpoint import load_checkpoint, save_atomic
 from .evaluate import accuracy_metrics, predict_logits
 from .optim import build_optimizer, lr_at
@@ -67,7 +69,7 @@ class StageContext:
         method = get_method(ctx.stage.method)(ctx)
         model = method.build_model()
         method.prepare(model)
-        model.load_state_dict(load_checkpoint(self.artifacts[name])["model"])
+        load_exported(model, load_checkpoint(self.artifacts[name])["model"])
         model.to(self.runtime.device).eval().requires_grad_(False)
         if self.runtime.channels_last:
             model.to(memory_format=torch.channels_last)
@@ -144,6 +146,8 @@ def train_stage(ctx: StageContext, stage_dir: Path, resume: bool = False) -> dic
     model = method.build_model()
     if stage.init != "fresh":
         method.init_from(model, load_checkpoint(ctx.artifacts[stage.init])["model"])
+    elif ctx.recipe.model.pretrained:  # an ImageNet-pretrained start, torchvision format
+        load_torchvision_state_dict(model.backbone, ctx.recipe.model.pretrained)
     model.to(rt.device)
     method.prepare(model)
     if rt.channels_last:
@@ -273,6 +277,6 @@ def finish_stage(method: Method, model: nn.Module, ctx: StageContext, stage_dir:
                "selected": chosen, "train_seconds": round(train_time, 2), "epochs": stage.epochs, "steps": total_steps,
                **({"fit": fitted} if fitted else {}), **({"report": extra} if extra else {})}
     logger.log(total_steps, {"epoch": stage.epochs, **{f"test_{k}": test[k] for k in ("top1", "many", "medium", "few")}})
-    save_atomic({"kind": "final", "stage": stage.name, "method": stage.method, "model": model.state_dict(),
+    save_atomic({"kind": "final", "stage": stage.name, "method": stage.method, "model": exported_state(model),
                  "recipe": ctx.recipe.to_dict(), "metrics": metrics}, stage_dir / "final.pt")
     return metrics

@@ -42,11 +42,8 @@ def build_classifier(cfg, num_classes: int, heads: dict[str, int] | None = None)
     """``heads`` maps head name to output width; by default one class head, ``main``."""
     from . import build_backbone, build_head
     from .heads import LinearNeck
-    from .resnet import load_torchvision_state_dict
 
     backbone = build_backbone(cfg.backbone, **({"zero_init_residual": True} if cfg.zero_init_residual else {}))
-    if cfg.pretrained:
-        load_torchvision_state_dict(backbone, cfg.pretrained)
     neck = LinearNeck(backbone.feature_dim, cfg.neck_dim) if cfg.neck_dim > 0 else None
     dim = cfg.neck_dim if cfg.neck_dim > 0 else backbone.feature_dim
     heads = heads or {"main": num_classes}
@@ -56,3 +53,18 @@ def build_classifier(cfg, num_classes: int, heads: dict[str, int] | None = None)
         kind = cfg.head if width == num_classes else "linear"
         built[name] = build_head(kind, dim, width, **({"scale": cfg.cosine_scale} if kind == "cosine" else {}))
     return Classifier(backbone, built, neck)
+
+
+def exported_state(model: nn.Module) -> dict:
+    """What a finished stage keeps: everything but the training-only ``aux`` parts."""
+    return {k: v for k, v in model.state_dict().items() if not k.startswith("aux.")}
+
+
+def load_exported(model: nn.Module, state: dict) -> None:
+    """Load an exported state: strict, except that training-only ``aux`` parts may be absent."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    bad = [k for k in missing if not k.startswith("aux.")] + list(unexpected)
+    if bad:
+        from ..errors import CheckpointError
+
+        raise CheckpointError(f"the checkpoint does not fit this model: {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}")

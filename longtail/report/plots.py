@@ -37,3 +37,24 @@ def plot_label_distribution(dist: dict, path: Path) -> str | None:
     fig.savefig(path)
     plt.close(fig)
     return str(path)
+
+
+def plot_weight_norms(runs: dict[str, dict], path: Path) -> str | None:
+    """BalanceAux Fig. 4: per-class classifier weight norm, classes sorted by training count, one line per run."""
+    plt = _pyplot()
+    if plt is None:
+        return None
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(7, 3.6), dpi=120)
+    for name, r in runs.items():
+        order = sorted(range(len(r["train_counts"])), key=lambda c: -r["train_counts"][c])
+        ax.plot(range(len(order)), [r["classifier_weight_norms"][c] for c in order], label=name, linewidth=1.6)
+    ax.set_xlabel("class (sorted by training images)")
+    ax.set_ylabel("||w_c||")
+    ax.set_title("Classifier weight norm per class")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return str(path)

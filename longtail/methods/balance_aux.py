@@ -1,0 +1,98 @@
+"""BalanceAux: "To Balance or Not to Balance" (Zhang, Liu, Wang, Shen), Algorithm 1.
+
+One network, three heads, trained jointly; each step draws two batches:
+
+* ``h`` (the class head, ``main``) on B_CBS, class-balanced (k = S/Z classes x Z images);
+* ``h_a`` (``aux.rrs_head``) on B_RRS, instance-sampled (S images);
+* ``h_s`` (``aux.rotation``), 4-way, on Rotate([B_CBS; B_RRS]) with one random angle per image.
+
+L = l1 * CE(h) + l2 * CE(h_a) + l3 * CE(h_s), 0.5 : 1 : 1. Only f and h are exported (``aux`` is training-only).
+
+Batching: all inputs of a step go through the backbone in ONE call, [B_CBS; B_RRS; Rot(B_CBS; B_RRS)].
+The paper trains one feature extractor on the union of the three inputs, so BatchNorm normalising over
+that union is the model being trained; separate calls would give each input its own batch statistics,
+triple the small-kernel launches, and make the running statistics depend on the call order.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data.augment import rotate90
+from ..errors import ConfigError
+from .base import Feed, Method, register
+from .ssd import rotation_batch, unwrap
+
+
+@dataclass
+class BalanceAuxParams:
+    l1: float = 0.5  # class-balanced primary head
+    l2: float = 1.0  # instance-sampled auxiliary head
+    l3: float = 1.0  # rotation head
+    rotation: str = "task"  # task: 4-way rotation head | augment: rotated copies as extra class-labelled images | off
+
+
+@register
+class BalanceAux(Method):
+    name = "balance_aux"
+    Params = BalanceAuxParams
+
+    def __init__(self, ctx):
+        super().__init__(ctx)
+        if self.p.rotation not in ("task", "augment", "off"):
+            raise ConfigError(f"stages.{self.stage.name}.params.rotation: {self.p.rotation!r} is not one of task, augment, off")
+        if min(self.p.l1, self.p.l2, self.p.l3) < 0 or self.p.l1 + self.p.l2 == 0:
+            raise ConfigError(f"stages.{self.stage.name}.params: loss weights must be >= 0 and l1 + l2 > 0")
+
+    def feeds(self):
+        # A weight of 0 drops its stream: 0 : 1 is RRS-only, 1 : 0 is CBS-only.
+        feeds = {"cbs": Feed("class_balanced"), "rrs": Feed("instance")}
+        weights = {"cbs": self.p.l1, "rrs": self.p.l2}
+        return {k: f for k, f in feeds.items() if weights[k] > 0}
+
+    def build_model(self):
+        model = super().build_model()
+        if self.p.l1 > 0 and self.p.l2 > 0:
+            model.aux["rrs_head"] = nn.Linear(model.feature_dim, self.ctx.num_classes)
+        if self.p.rotation == "task":
+            model.aux["rotation"] = nn.Linear(model.feature_dim, 4)
+        return model
+
+    def loss(self, model, batch, g):
+        core = unwrap(model)
+        # (stream, head, weight): with one stream only, it trains the exported head h itself.
+        heads = {"cbs": core.heads["main"], "rrs": core.aux["rrs_head"] if "rrs_head" in core.aux else core.heads["main"]}
+        streams = [(name, heads[name], w) for name, w in (("cbs", self.p.l1), ("rrs", self.p.l2)) if name in batch]
+        sizes = [len(batch[name].y) for name, _, _ in streams]
+        x = torch.cat([batch[name].x for name, _, _ in streams])
+        copies = 1
+        if self.p.rotation == "task":
+            x_rot, k = rotation_batch(x, g)
+            x = torch.cat([x, x_rot])
+        elif self.p.rotation == "augment":
+            # Every image in all four orientations, each keeping its class label.
+            x = torch.cat([rotate90(x, torch.full((len(x),), r, device=x.device)) for r in range(4)])
+            copies = 4
+        feat = model(x)["feat"]  # one backbone call for every input of the step (see the module docstring)
+        n = sum(sizes)
+        loss, parts = 0.0, {}
+        for i, (name, head, w) in enumerate(streams):
+            lo = sum(sizes[:i])
+            f = torch.cat([feat[c * n + lo : c * n + lo + sizes[i]] for c in range(copies)])
+            l_stream = F.cross_entropy(head(f).float(), batch[name].y.repeat(copies))
+            loss = loss + w * l_stream
+            parts[name] = l_stream.detach()
+        if self.p.rotation == "task":
+            l_ss = F.cross_entropy(core.aux["rotation"](feat[n:]).float(), k)
+            loss = loss + self.p.l3 * l_ss
+            parts["ss"] = l_ss.detach()
+        return loss, parts
+
+    def report(self, model):
+        """The data behind the paper's Fig. 4: the L2 norm of each class's weight vector in h."""
+        w = model.heads["main"].fc.weight if hasattr(model.heads["main"], "fc") else model.heads["main"].weight
+        return {"classifier_weight_norms": [round(float(v), 5) for v in w.detach().norm(dim=1)],
+                "train_counts": [int(c) for c in self.ctx.train_counts]}
