@@ -70,8 +70,10 @@ class DataConfig:
 class ModelConfig:
     backbone: str = "resnet32"
     head: str = "linear"  # linear | cosine
-    cosine_scale: float = 20.0
+    cosine_scale: float = 20.0  # gamma of the cosine head
+    cosine_learnable: bool = False  # learn gamma instead of fixing it
     neck_dim: int = 0  # > 0: a linear layer to this width after pooling (OLTR's 512-d FC)
+    neck_relu: bool = False
     pretrained: str | None = None  # a local torchvision-format ResNet state dict
     zero_init_residual: bool = False
 
@@ -110,6 +112,7 @@ class StageConfig:
     augment: Any = "cifar"  # a preset name or a list of ops
     eval_augment: Any = "eval"
     select: str = "last"  # last | best_val (selection uses the validation split only)
+    seed: int | None = None  # this stage's seed (e.g. CBD teachers of one type); None: runtime.seed
     params: dict = field(default_factory=dict)  # the method's own options, checked by the method
 
 
@@ -347,6 +350,19 @@ def apply_override(data: dict, path: list[str], value, dotted: str):
     node[path[-1]] = value
 
 
+def expand_stage_defaults(data: dict) -> dict:
+    """``stage_defaults`` (a recipe-level mapping) fills every stage's unset fields, so a recipe states a
+    shared schedule once; the resolved recipe has it written into each stage."""
+    defaults = data.pop("stage_defaults", None)
+    if defaults is None:
+        return data
+    if not isinstance(defaults, dict):
+        raise ConfigError("stage_defaults: expected a mapping of stage fields")
+    from_dict(StageConfig, {k: v for k, v in defaults.items() if k != "name"}, "stage_defaults")  # typo check
+    data["stages"] = [_merge(defaults, s) if isinstance(s, dict) else s for s in data.get("stages", [StageConfig().name])]
+    return data
+
+
 def scale_epochs(recipe: Recipe, factor: float) -> None:
     """``--epochs-scale``: shrink every stage (and its schedule) for quick runs; at least 1 epoch."""
     if factor <= 0:
@@ -390,6 +406,7 @@ def load_recipe(name_or_path: str, overrides: list[str] = (), epochs_scale: floa
     for item in overrides:
         keys, value = parse_override(item)
         apply_override(data, keys, value, item.split("=", 1)[0])
+    data = expand_stage_defaults(data)
     data.setdefault("name", name_or_path if not path.suffix or name_or_path.count("/") == 1 else path.stem)
     recipe = from_dict(Recipe, data)
     if epochs_scale is not None and epochs_scale != 1:

@@ -63,17 +63,32 @@ class StageContext:
     def for_stage(self, name: str) -> "StageContext":
         return StageContext(self.recipe, self.recipe.stage(name), self.data, self.runtime, self.artifacts)  # no out_dir: read-only
 
-    def load_stage_model(self, name: str) -> tuple[Method, nn.Module]:
-        """An earlier stage's method and trained model, frozen in eval mode (a teacher)."""
-        ctx = self.for_stage(name)
-        method = get_method(ctx.stage.method)(ctx)
+    def teacher_method(self, ref: str) -> Method:
+        """The method of an earlier stage, or of the stage a ``final.pt`` from another run was saved by."""
+        if ref in [s.name for s in self.recipe.stages]:
+            ctx = self.for_stage(ref)
+        else:
+            from ..config import recipe_from_dict
+
+            ck = load_checkpoint(ref)
+            recipe = recipe_from_dict(ck["recipe"])
+            ctx = StageContext(recipe, recipe.stage(ck["stage"]), self.data, self.runtime)
+        return get_method(ctx.stage.method)(ctx)
+
+    def teacher_state(self, ref: str) -> dict:
+        return load_checkpoint(self.artifacts[ref] if ref in self.artifacts else ref)["model"]
+
+    def load_teacher(self, ref: str) -> tuple[Method, nn.Module]:
+        """A trained model (earlier stage name or ``final.pt`` path), frozen in eval mode, and its method."""
+        method = self.teacher_method(ref)
         model = method.build_model()
-        method.prepare(model)
-        load_exported(model, load_checkpoint(self.artifacts[name])["model"])
+        load_exported(model, self.teacher_state(ref))
         model.to(self.runtime.device).eval().requires_grad_(False)
         if self.runtime.channels_last:
             model.to(memory_format=torch.channels_last)
         return method, model
+
+    load_stage_model = load_teacher
 
 
 class Feeder:
@@ -139,7 +154,8 @@ def evaluate_split(method: Method, model: nn.Module, ctx: StageContext, split: I
 
 def train_stage(ctx: StageContext, stage_dir: Path, resume: bool = False) -> dict:
     """Train one stage to completion; return its metrics (and write ``final.pt``)."""
-    rt, stage, seed = ctx.runtime, ctx.stage, ctx.recipe.runtime.seed
+    rt, stage = ctx.runtime, ctx.stage
+    seed = ctx.recipe.runtime.seed if stage.seed is None else stage.seed
     method = get_method(stage.method)(ctx)
 
     torch.manual_seed(seed)  # fresh weights depend on the seed only

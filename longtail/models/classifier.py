@@ -44,14 +44,15 @@ def build_classifier(cfg, num_classes: int, heads: dict[str, int] | None = None)
     from .heads import LinearNeck
 
     backbone = build_backbone(cfg.backbone, **({"zero_init_residual": True} if cfg.zero_init_residual else {}))
-    neck = LinearNeck(backbone.feature_dim, cfg.neck_dim) if cfg.neck_dim > 0 else None
+    neck = LinearNeck(backbone.feature_dim, cfg.neck_dim, relu=cfg.neck_relu) if cfg.neck_dim > 0 else None
     dim = cfg.neck_dim if cfg.neck_dim > 0 else backbone.feature_dim
     heads = heads or {"main": num_classes}
     built = {}
     for name, width in heads.items():
         # Self-supervised heads (rotation) stay linear whatever the class head is.
         kind = cfg.head if width == num_classes else "linear"
-        built[name] = build_head(kind, dim, width, **({"scale": cfg.cosine_scale} if kind == "cosine" else {}))
+        cosine = {"scale": cfg.cosine_scale, "learn_scale": cfg.cosine_learnable} if kind == "cosine" else {}
+        built[name] = build_head(kind, dim, width, **cosine)
     return Classifier(backbone, built, neck)
 
 

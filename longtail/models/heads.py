@@ -33,11 +33,12 @@ class CosineHead(nn.Module):
     """Logits ``scale * cos(w_c, v)``: removes the classifier-norm bias toward
     head classes. ``scale`` restores a usable softmax temperature."""
 
-    def __init__(self, in_dim: int, num_classes: int, scale: float = 20.0):
+    def __init__(self, in_dim: int, num_classes: int, scale: float = 20.0, learn_scale: bool = False):
         super().__init__()
         self.in_dim = in_dim
         self.num_classes = num_classes
-        self.scale = float(scale)
+        # Fixed at 20 in the CBD code; learnable when asked.
+        self.scale = nn.Parameter(torch.tensor(float(scale))) if learn_scale else float(scale)
         self.weight = nn.Parameter(torch.empty(num_classes, in_dim))
         self.reset_parameters()
 
@@ -49,7 +50,7 @@ class CosineHead(nn.Module):
         return self.scale * F.linear(F.normalize(feat, dim=1), F.normalize(self.weight, dim=1))
 
     def extra_repr(self) -> str:
-        return f"in_dim={self.in_dim}, num_classes={self.num_classes}, scale={self.scale}"
+        return f"in_dim={self.in_dim}, num_classes={self.num_classes}, scale={float(self.scale):g}"
 
 
 class MultiHead(nn.ModuleDict):

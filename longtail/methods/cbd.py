@@ -1,0 +1,143 @@
+"""CBD: Class-Balanced Distillation (Iscen, Araujo, Gong, Schmid; BMVC 2021).
+
+Stage 1 trains K teachers with instance sampling (the ``ce`` method, a cosine head, standard or
+data-augmentation ``augment``, a ``seed`` per teacher). Stage 2 is ``cbd``: a student from scratch,
+class-balanced, standard augmentation, distilling the frozen teachers' features on the same batch.
+``teacher_ensemble`` is the baseline that averages the teachers at test time.
+
+Teachers are named by stage, or by the path of a ``final.pt`` from another run (trained elsewhere).
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ConfigError
+from ..models.classifier import build_classifier, load_exported
+from .base import Method, register
+from .ssd import kd_loss
+
+
+def feature_distillation_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """CBD Eq. 4: 1 - cos(v, v_teacher), averaged over the batch."""
+    return (1 - F.cosine_similarity(student.float(), teacher.float(), dim=1)).mean()
+
+
+def teacher_target(features: list[torch.Tensor]) -> torch.Tensor:
+    """CBD_ENS: the teachers' L2-normalised features, concatenated (Sec. 3.3)."""
+    return torch.cat([F.normalize(f.float(), dim=1) for f in features], dim=1)
+
+
+@dataclass
+class CBDParams:
+    teachers: list[str] = field(default_factory=list)  # stage names or paths to teachers' final.pt
+    alpha: float = 0.4
+    beta: float = 100.0
+    distill: str = "feature"  # feature (Eq. 5) | logit (Eq. 3) | hybrid (both)
+    T: float = 2.0  # logit distillation temperature
+    relu: bool = True  # ReLU after h: d -> d*K when K > 1 (official code)
+    la_tau: float = 0.0  # > 0: CE is replaced by the logit-adjusted loss (CBD + LA)
+
+
+@register
+class ClassBalancedDistillation(Method):
+    """L = (1 - alpha) * CE + alpha * beta * (1 - cos(h(v), [v_1; ...; v_K])) (CBD Eq. 5)."""
+
+    name = "cbd"
+    Params = CBDParams
+
+    def __init__(self, ctx):
+        super().__init__(ctx)
+        if not self.p.teachers:
+            raise ConfigError(f"stages.{self.stage.name}.params.teachers: name at least one teacher stage or checkpoint")
+        if self.p.distill not in ("feature", "logit", "hybrid"):
+            raise ConfigError(f"stages.{self.stage.name}.params.distill: {self.p.distill!r} is not one of feature, logit, hybrid")
+
+    def build_model(self):
+        k = len(self.p.teachers)
+        cfg = copy.deepcopy(self.ctx.recipe.model)
+        if k > 1:  # h: d -> d*K, and the classifier sits on h(v)
+            probe = build_classifier(cfg, self.ctx.num_classes)
+            cfg.neck_dim, cfg.neck_relu = probe.backbone.feature_dim * k, self.p.relu
+        return build_classifier(cfg, self.ctx.num_classes, self.heads())
+
+    def prepare(self, model):
+        super().prepare(model)
+        self.teachers = [self.ctx.load_teacher(ref) for ref in self.p.teachers]
+        if self.p.la_tau > 0:
+            counts = torch.as_tensor(self.ctx.train_counts, dtype=torch.float32).clamp(min=1)
+            self.log_prior = torch.log(counts / counts.sum()).to(self.ctx.runtime.device)
+
+    @torch.no_grad()
+    def teacher_outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frozen teachers, eval mode, no autograd, on the student's augmented batch."""
+        outs = [t(x) for _, t in self.teachers]
+        feats = teacher_target([o["feat"] for o in outs])
+        logits = torch.stack([m.predict(t, x).float() for (m, t) in self.teachers]).mean(0) if self.p.distill != "feature" else None
+        return feats, logits
+
+    def loss(self, model, batch, g):
+        b = batch["x"]
+        out = model(b.x)
+        z = out[self.head_name].float()
+        ce = F.cross_entropy(z + self.p.la_tau * self.log_prior if self.p.la_tau > 0 else z, b.y)
+        v_hat, z_t = self.teacher_outputs(b.x)
+        parts = {"ce": ce.detach()}
+        distill = 0.0
+        if self.p.distill in ("feature", "hybrid"):
+            if out["feat"].shape[1] != v_hat.shape[1]:
+                raise ConfigError(f"stages.{self.stage.name}: student feature has {out['feat'].shape[1]} dims but the "
+                                  f"teachers' concatenation has {v_hat.shape[1]}; use teachers with the student's backbone")
+            fd = feature_distillation_loss(out["feat"], v_hat)
+            distill = distill + self.p.beta * fd
+            parts["feat"] = fd.detach()
+        if self.p.distill in ("logit", "hybrid"):
+            kd = kd_loss(z, F.softmax(z_t / self.p.T, dim=1), self.p.T)  # CBD Eq. 3, up to the teacher entropy
+            distill = distill + kd
+            parts["kd"] = kd.detach()
+        return (1 - self.p.alpha) * ce + self.p.alpha * distill, parts
+
+
+@dataclass
+class EnsembleParams:
+    teachers: list[str] = field(default_factory=list)
+
+
+class Ensemble(nn.Module):
+    """Several trained classifiers; the prediction is the mean of their softmax outputs."""
+
+    def __init__(self, members: list[nn.Module]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+
+@register
+class TeacherEnsemble(Method):
+    """The Teacher Ensemble baseline: average the teachers' class probabilities at test time."""
+
+    name = "teacher_ensemble"
+    scope = "none"
+    Params = EnsembleParams
+
+    def build_model(self):
+        if not self.p.teachers:
+            raise ConfigError(f"stages.{self.stage.name}.params.teachers: name the teachers to average")
+        self.members = [self.ctx.teacher_method(ref) for ref in self.p.teachers]
+        return Ensemble([m.build_model() for m in self.members])
+
+    def frozen_parts(self, model):
+        return [model]
+
+    def fit(self, model):
+        for member, ref in zip(model.members, self.p.teachers):
+            load_exported(member, self.ctx.teacher_state(ref))
+        return {"members": list(self.p.teachers)}
+
+    @torch.no_grad()
+    def predict(self, model, x):
+        probs = [F.softmax(m.predict(net, x).float(), dim=1) for m, net in zip(self.members, model.members)]
+        return torch.stack(probs).mean(0)
