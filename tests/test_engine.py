@@ -99,10 +99,21 @@ def test_resume_after_crash_mid_epoch_is_exact(uninterrupted, data, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_resume_refuses_a_changed_recipe(uninterrupted, data):
-    out, _ = uninterrupted
-    with pytest.raises(ConfigError, match="recipe differs"):
-        run_recipe(tiny_recipe(epochs=5), out, data=data, resume=True)
+def test_resume_with_an_edited_stage_retrains_it_and_keeps_the_old(uninterrupted, data, tmp_path):
+    import shutil
+
+    out, res = uninterrupted
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    again = run_recipe(tiny_recipe(epochs=5), copy, data=data, resume=True)
+    assert again["final"]["epochs"] == 5
+    replaced = [p.name for p in copy.iterdir() if p.name.startswith("ce.replaced-")]
+    assert len(replaced) == 1 and (copy / replaced[0] / "final.pt").exists()
+    assert any(p.name.startswith("recipe.replaced-") for p in copy.iterdir())
+    bad = tiny_recipe()
+    bad.runtime.seed = 7
+    with pytest.raises(ConfigError, match="runtime.seed differs"):
+        run_recipe(bad, copy, data=data, resume=True)
 
 
 def test_finished_run_resumes_to_same_results(uninterrupted, data):
@@ -154,7 +165,7 @@ def test_engine_drives_several_feeds_and_heads(data, tmp_path):
     inst = torch.cat(TwoFeeds.labels_seen["inst"])
     assert len(TwoFeeds.labels_seen["inst"][0]) == 16 and len(TwoFeeds.labels_seen["cb"][0]) == 32
     cb_counts = torch.bincount(cb, minlength=6).float()
-    assert cb_counts.max() / cb_counts.min() < 1.2  # class-balanced stream
+    assert cb_counts.max() / cb_counts.min() < 1.5  # class-balanced stream (the tail is 10x rarer under instance sampling)
     inst_counts = torch.bincount(inst, minlength=6).float()
     assert inst_counts[0] / inst_counts[5] > 4  # instance stream follows the 10:1 tail
     logged = [json.loads(l) for l in (tmp_path / "ce" / "metrics.jsonl").read_text().splitlines()]

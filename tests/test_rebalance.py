@@ -202,3 +202,16 @@ def test_killed_in_stage_two_resumes_without_rerunning_stage_one(data, tmp_path)
     steps_per_epoch = -(-len(data.train) // 32)
     assert CrashingCRT.calls == 5 + (2 * steps_per_epoch - 3)  # 5 calls (the last one died), then on from step 3
     assert set(res["stages"]) == {"ce", "crt"}
+
+
+def test_resume_after_editing_one_stage_reuses_the_others(run, data, tmp_path):
+    import shutil
+
+    out, res = run
+    shutil.copytree(out, tmp_path / "run")
+    r = recipe("ce", "crt", "lws", "tau_norm", "ncm", "logit_adjust", "finetune", crt={"epochs": 2})
+    again = run_recipe(r, tmp_path / "run", data=data, resume=True)
+    assert again["stages"]["crt"]["epochs"] == 2
+    for name in ("ce", "lws", "tau_norm", "ncm", "logit_adjust", "finetune"):  # untouched: not retrained
+        assert again["stages"][name]["per_class"] == res["stages"][name]["per_class"]
+    assert [p.name.split(".")[0] for p in (tmp_path / "run").iterdir() if ".replaced-" in p.name and p.is_dir()] == ["crt"]

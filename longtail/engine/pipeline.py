@@ -9,7 +9,9 @@ The run folder holds everything needed to resume or audit::
     OUT/results.json            every stage's metrics, and provenance
 
 ``resume`` skips stages whose ``final.pt`` exists and restarts the first
-unfinished one from its checkpoint, at the exact step.
+unfinished one from its checkpoint, at the exact step. If the recipe was edited
+in between, the stages it changed (and those built on them) are trained again;
+their old folders are kept as ``<stage>.replaced-<time>``.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ import torch
 import yaml
 
 from .. import __version__
-from ..config import Recipe
+from ..config import Recipe, from_dict
 from ..data.images import DataBundle
 from ..errors import ConfigError
 from .checkpoint import load_checkpoint
@@ -69,6 +71,35 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _depends_on(stage: dict) -> set[str]:
+    params = stage.get("params") or {}
+    refs = {stage.get("init", "fresh")} | {params.get("teacher")} | set(params.get("teachers") or [])
+    return {r for r in refs if isinstance(r, str)}
+
+
+def stale_stages(previous: dict, recipe: Recipe, where: Path) -> list[str]:
+    """On ``--resume`` with an edited recipe: the stages to train again.
+
+    A stage is stale when its own settings changed or a stage it starts from or learns from is stale;
+    the others keep their finished work. Data, model and seed changes invalidate everything, so
+    they are refused.
+    """
+    now = recipe.to_dict()
+    # Through the schema, so fields added to longtail since that run compare at their defaults.
+    previous = from_dict(Recipe, previous).to_dict()
+    for key in ("data", "model"):
+        if previous.get(key) != now[key]:
+            raise ConfigError(f"--resume: '{key}' differs from the run in {where}; start a new --out for that")
+    if previous.get("runtime", {}).get("seed") != now["runtime"]["seed"]:
+        raise ConfigError(f"--resume: runtime.seed differs from the run in {where}; start a new --out for that")
+    before = {s["name"]: s for s in previous.get("stages", [])}
+    stale: list[str] = []
+    for s in now["stages"]:
+        if before.get(s["name"]) != s or _depends_on(s) & set(stale):
+            stale.append(s["name"])
+    return stale
+
+
 def run_recipe(recipe: Recipe, out: str | Path, data_root: str | None = None, resume: bool = False,
                runtime: Runtime | None = None, data: DataBundle | None = None) -> dict:
     """Train every stage of ``recipe`` into ``out``; return the results dict (also written to results.json).
@@ -82,12 +113,17 @@ def run_recipe(recipe: Recipe, out: str | Path, data_root: str | None = None, re
     if out.exists() and any(out.iterdir()) and not resume:
         raise ConfigError(f"output folder {out} is not empty: pass --resume to continue that run, or choose another --out")
     rt.barrier()  # every rank has checked the folder before rank 0 writes into it
+    stale = []
     if resume and resolved.exists():
-        previous = yaml.safe_load(resolved.read_text())
-        if previous != recipe.to_dict():
-            raise ConfigError(f"--resume: the recipe differs from the one in {resolved}; resume with the same recipe and --set options")
+        stale = stale_stages(yaml.safe_load(resolved.read_text()), recipe, resolved)
     if rt.is_main:
         out.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        for name in stale:  # kept aside, never deleted
+            if (out / name).exists():
+                os.replace(out / name, out / f"{name}.replaced-{stamp}")
+        if stale and resolved.exists():
+            os.replace(resolved, out / f"recipe.replaced-{stamp}.yaml")
         _atomic_write_text(resolved, yaml.safe_dump(recipe.to_dict(), sort_keys=False))
     rt.barrier()
 
