@@ -45,11 +45,16 @@ def yaml_load(text: str):
 # --------------------------------------------------------------------------- schema
 
 
+def choice(default: str, *options: str):
+    """A string field that must be one of ``options`` (checked with the key's name in the message)."""
+    return field(default=default, metadata={"choices": (default, *[o for o in options if o != default])})
+
+
 @dataclass
 class DataConfig:
     dataset: str = "cifar100-lt"  # cifar10-lt | cifar100-lt | cifar10 | cifar100 | imagenet-lt | places-lt | inat2017 | inat2018 | folder | synthetic
     imbalance: float = 100.0  # CIFAR-LT imbalance factor n_max / n_min, >= 1
-    profile: str = "exp"  # CIFAR-LT profile: exp | step
+    profile: str = choice("exp", "step")  # CIFAR-LT profile
     lt_seed: int = 0  # numpy seed of the per-class shuffle (LDAM-DRW uses 0)
     val_per_class: int = 20  # balanced validation images per class, drawn outside the training subset
     val_seed: int = 0
@@ -69,7 +74,7 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     backbone: str = "resnet32"
-    head: str = "linear"  # linear | cosine
+    head: str = choice("linear", "cosine")
     cosine_scale: float = 20.0  # gamma of the cosine head
     cosine_learnable: bool = False  # learn gamma instead of fixing it
     neck_dim: int = 0  # > 0: a linear layer to this width after pooling (OLTR's 512-d FC)
@@ -88,7 +93,7 @@ class OptimConfig:
 
 @dataclass
 class ScheduleConfig:
-    kind: str = "multistep"  # multistep | cosine | constant
+    kind: str = choice("multistep", "cosine", "constant")
     warmup_epochs: float = 0.0  # linear warm-up from 0 to lr, per step
     milestones: list[float] = field(default_factory=list)  # multistep: epochs at which lr *= gamma
     gamma: float = 0.1
@@ -100,18 +105,18 @@ class StageConfig:
     name: str = "main"
     method: str = "ce"
     init: str = "fresh"  # fresh | the name of an earlier stage to start from
-    train: str = "auto"  # what SGD updates: all | classifier | lws | none (post-hoc); auto: the method's default
-    bn: str = "frozen"  # BatchNorm of a frozen backbone: frozen (eval mode, statistics fixed) | train (statistics move)
-    sampler: str = "instance"  # instance | class_balanced | sqrt
+    train: str = choice("auto", "all", "classifier", "lws", "none")  # what SGD updates; none: post-hoc; auto: the method's
+    bn: str = choice("frozen", "train")  # BatchNorm of a frozen backbone: eval mode (fixed statistics) | statistics move
+    sampler: str = choice("instance", "class_balanced", "sqrt")
     samples_per_class: int = 4  # class-balanced: Z images per drawn class
-    epoch_length: str = "dataset"  # dataset: N images per epoch | balanced: max_count * num_classes
+    epoch_length: str = choice("dataset", "balanced")  # N images per epoch | max_count * num_classes
     epochs: int = 200
     batch_size: int = 128  # global batch, split over DDP ranks
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     augment: Any = "cifar"  # a preset name or a list of ops
     eval_augment: Any = "eval"
-    select: str = "last"  # last | best_val (selection uses the validation split only)
+    select: str = choice("last", "best_val")  # selection uses the validation split only
     seed: int | None = None  # this stage's seed (e.g. CBD teachers of one type); None: runtime.seed
     params: dict = field(default_factory=dict)  # the method's own options, checked by the method
 
@@ -119,7 +124,7 @@ class StageConfig:
 @dataclass
 class RuntimeConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: str = "auto"  # auto (bf16 where fast) | bf16 | fp16 | off
+    amp: str = choice("auto", "bf16", "fp16", "off")  # auto: bf16 where fast
     channels_last: bool = True
     compile: bool = False  # torch.compile: +10% on CPU after a 45-60 s cold compile
     seed: int = 0
@@ -155,17 +160,6 @@ class Recipe:
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
-CHOICES = {
-    "DataConfig.profile": ("exp", "step"),
-    "ModelConfig.head": ("linear", "cosine"),
-    "ScheduleConfig.kind": ("multistep", "cosine", "constant"),
-    "StageConfig.sampler": ("instance", "class_balanced", "sqrt"),
-    "StageConfig.epoch_length": ("dataset", "balanced"),
-    "StageConfig.select": ("last", "best_val"),
-    "StageConfig.train": ("auto", "all", "classifier", "lws", "none"),
-    "StageConfig.bn": ("frozen", "train"),
-    "RuntimeConfig.amp": ("auto", "bf16", "fp16", "off"),
-}
 
 
 # --------------------------------------------------------------------------- dict -> dataclass
@@ -240,13 +234,14 @@ def from_dict(cls, data, prefix: str = ""):
         raise ConfigError(f"{prefix or 'recipe'}: expected a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
+    fields_meta = {f.name: f.metadata for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in data.items():
         dotted = f"{prefix}.{key}" if prefix else str(key)
         if key not in names:
             raise ConfigError(f"unknown config key {dotted!r}; valid keys here: {', '.join(sorted(names))}")
         kwargs[key] = _coerce(value, hints[key], dotted)
-        choices = CHOICES.get(f"{cls.__name__}.{key}")
+        choices = fields_meta[key].get("choices")
         if choices and kwargs[key] not in choices:
             raise ConfigError(f"{dotted}: {kwargs[key]!r} is not one of {', '.join(choices)}")
     return cls(**kwargs)

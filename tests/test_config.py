@@ -77,3 +77,14 @@ def test_lr_schedule_warmup_multistep_cosine():
     assert lr_at(0, 100, 10, 0.2, cos) == pytest.approx(0.2)
     assert lr_at(50, 100, 10, 0.2, cos) == pytest.approx(0.1)
     assert lr_at(100, 100, 10, 0.2, cos) == pytest.approx(0.0)
+
+
+def test_method_params_are_checked_by_name():
+    from longtail.config import parse_params
+    from longtail.methods.ssd import DistillParams
+
+    with pytest.raises(ConfigError, match=r"stages.s3.params.mode: 'both' is not one of decoupled, coupled, single"):
+        parse_params(DistillParams, {"mode": "both"}, "s3")
+    with pytest.raises(ConfigError, match=r"unknown config key 'stages.s3.params.temperature'"):
+        parse_params(DistillParams, {"temperature": 2}, "s3")
+    assert parse_params(DistillParams, {"mode": "single", "T": 4}, "s3").T == 4.0

@@ -47,11 +47,11 @@ def git_commit() -> str | None:
         return None
 
 
-def provenance(recipe: Recipe, rt: Runtime, wall: float, data_source: dict) -> dict:
+def provenance(recipe: Recipe, rt: Runtime, wall: float, data_source: dict, commit: str | None) -> dict:
     return {
         "recipe": recipe.name,
         "config_hash": recipe.hash(),
-        "commit": git_commit(),
+        "commit": commit,  # taken when the run started
         "longtail": __version__,
         "seed": recipe.runtime.seed,
         "device": rt.describe(),
@@ -108,6 +108,7 @@ def run_recipe(recipe: Recipe, out: str | Path, data_root: str | None = None, re
     """
     out = Path(out)
     t0 = time.perf_counter()
+    commit = git_commit()
     rt = runtime or setup_runtime(recipe.runtime)
     resolved = out / "recipe.yaml"
     if out.exists() and any(out.iterdir()) and not resume:
@@ -149,7 +150,7 @@ def run_recipe(recipe: Recipe, out: str | Path, data_root: str | None = None, re
     results = {
         "final": {**stages[last], "stage": last},
         "stages": stages,
-        "provenance": provenance(recipe, rt, time.perf_counter() - t0, data.source),
+        "provenance": provenance(recipe, rt, time.perf_counter() - t0, data.source, commit),
     }
     if rt.is_main:
         _atomic_write_text(out / "results.json", json.dumps(results, indent=1))

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..config import choice
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -32,7 +34,7 @@ class BalanceAuxParams:
     l1: float = 0.5  # class-balanced primary head
     l2: float = 1.0  # instance-sampled auxiliary head
     l3: float = 1.0  # rotation head
-    rotation: str = "task"  # task: 4-way rotation head | augment: rotated copies as extra class-labelled images | off
+    rotation: str = choice("task", "augment", "off")  # 4-way rotation head | rotated copies as class-labelled images | none
 
 
 @register
@@ -42,8 +44,6 @@ class BalanceAux(Method):
 
     def __init__(self, ctx):
         super().__init__(ctx)
-        if self.p.rotation not in ("task", "augment", "off"):
-            raise ConfigError(f"stages.{self.stage.name}.params.rotation: {self.p.rotation!r} is not one of task, augment, off")
         if min(self.p.l1, self.p.l2, self.p.l3) < 0 or self.p.l1 + self.p.l2 == 0:
             raise ConfigError(f"stages.{self.stage.name}.params: loss weights must be >= 0 and l1 + l2 > 0")
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 
+from ..config import choice
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -37,7 +39,7 @@ class CBDParams:
     teachers: list[str] = field(default_factory=list)  # stage names or paths to teachers' final.pt
     alpha: float = 0.4
     beta: float = 100.0
-    distill: str = "feature"  # feature (Eq. 5) | logit (Eq. 3) | hybrid (both)
+    distill: str = choice("feature", "logit", "hybrid")  # Eq. 5 | Eq. 3 | both
     T: float = 2.0  # logit distillation temperature
     relu: bool = True  # ReLU after h: d -> d*K when K > 1 (official code)
     la_tau: float = 0.0  # > 0: CE is replaced by the logit-adjusted loss (CBD + LA)
@@ -54,8 +56,6 @@ class ClassBalancedDistillation(Method):
         super().__init__(ctx)
         if not self.p.teachers:
             raise ConfigError(f"stages.{self.stage.name}.params.teachers: name at least one teacher stage or checkpoint")
-        if self.p.distill not in ("feature", "logit", "hybrid"):
-            raise ConfigError(f"stages.{self.stage.name}.params.distill: {self.p.distill!r} is not one of feature, logit, hybrid")
 
     def build_model(self):
         k = len(self.p.teachers)

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..config import choice
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -41,7 +43,7 @@ def rotation_batch(x: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, t
 
 @dataclass
 class SSLParams:
-    self_sup: str = "rotation"  # rotation | moco | none
+    self_sup: str = choice("rotation", "moco", "none")
     a1: float = 1.0  # weight of CE
     a2: float = 1.0  # weight of L_self
     # MoCo v2 (instance discrimination)
@@ -63,8 +65,6 @@ class SSDSelfSupervised(Method):
 
     def __init__(self, ctx):
         super().__init__(ctx)
-        if self.p.self_sup not in ("rotation", "moco", "none"):
-            raise ConfigError(f"stages.{self.stage.name}.params.self_sup: {self.p.self_sup!r} is not one of rotation, moco, none")
         if self.p.self_sup == "moco":
             self.key_augment = ctx.augment(self.p.key_augment)
 
@@ -108,7 +108,7 @@ class DistillParams:
     T: float = 2.0
     l1: float = 1.0  # weight of CE on the hard head
     l2: float = 1.0  # weight of KD on the soft head
-    mode: str = "decoupled"  # decoupled: hard + soft heads | coupled: one head, both losses | single: one head, KD only
+    mode: str = choice("decoupled", "coupled", "single")  # hard + soft heads | one head, both losses | one head, KD only
 
 
 @register
@@ -120,8 +120,6 @@ class SSDDistill(Method):
 
     def __init__(self, ctx):
         super().__init__(ctx)
-        if self.p.mode not in ("decoupled", "coupled", "single"):
-            raise ConfigError(f"stages.{self.stage.name}.params.mode: {self.p.mode!r} is not one of decoupled, coupled, single")
         if self.p.teacher not in ctx.artifacts and self.p.teacher not in [s.name for s in ctx.recipe.stages]:
             raise ConfigError(f"stages.{self.stage.name}.params.teacher: no stage named {self.p.teacher!r}")
 
