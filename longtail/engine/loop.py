@@ -88,8 +88,6 @@ class StageContext:
             model.to(memory_format=torch.channels_last)
         return method, model
 
-    load_stage_model = load_teacher
-
 
 class Feeder:
     """Turns index arrays into augmented device batches.

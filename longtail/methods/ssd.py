@@ -133,7 +133,7 @@ class SSDDistill(Method):
 
     def prepare(self, model):
         super().prepare(model)
-        self.teacher_method, self.teacher = self.ctx.load_stage_model(self.p.teacher)
+        self.teacher_method, self.teacher = self.ctx.load_teacher(self.p.teacher)
 
     def soft_labels(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
