@@ -33,3 +33,11 @@ def real_cifar100(shared_data):
         warnings.simplefilter("always")
         arrays = load_cifar("cifar100", shared_data, download=False)
     return arrays, list(caught)
+
+
+@pytest.fixture(scope="session")
+def data():
+    """A tiny learnable long-tailed set (6 classes, 100 down to 10 images, 16 px) for engine-level tests."""
+    from longtail.data.synthetic import synthetic_bundle
+
+    return synthetic_bundle(num_classes=6, max_per_class=100, imbalance=10, size=16)

@@ -5,7 +5,6 @@ import torch
 import torch.nn.functional as F
 
 from longtail.config import recipe_from_dict
-from longtail.data.synthetic import synthetic_bundle
 from longtail.engine.checkpoint import load_checkpoint
 from longtail.engine.loop import StageContext
 from longtail.engine.pipeline import run_recipe
@@ -33,11 +32,6 @@ def cbd_recipe(teachers=("t_std", "t_aug"), epochs=1):
             {"name": "ensemble", "method": "teacher_ensemble", "epochs": 0, "params": {"teachers": ["t_std", "t_aug"]}},
         ],
     })
-
-
-@pytest.fixture(scope="module")
-def data():
-    return synthetic_bundle(num_classes=6, max_per_class=100, imbalance=10, size=16)
 
 
 def test_feature_loss_is_one_minus_cosine_and_only_the_student_learns():

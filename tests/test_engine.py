@@ -30,11 +30,6 @@ def tiny_recipe(epochs=4, **stage) -> Recipe:
 
 
 @pytest.fixture(scope="module")
-def data():
-    return synthetic_bundle(num_classes=6, max_per_class=100, imbalance=10, size=16)
-
-
-@pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, data):
     out = tmp_path_factory.mktemp("full")
     return out, run_recipe(tiny_recipe(), out, data=data)

@@ -5,7 +5,6 @@ import torch
 import torch.nn.functional as F
 
 from longtail.config import recipe_from_dict
-from longtail.data.synthetic import synthetic_bundle
 from longtail.engine.checkpoint import load_checkpoint
 from longtail.engine.loop import StageContext
 from longtail.engine.pipeline import run_recipe
@@ -38,11 +37,6 @@ def recipe(*names, **over):
         "runtime": {"device": "cpu", "amp": "off", "progress": False, "tensorboard": False, "checkpoint_every": 3},
         "stages": stages,
     })
-
-
-@pytest.fixture(scope="module")
-def data():
-    return synthetic_bundle(num_classes=6, max_per_class=100, imbalance=10, size=16)
 
 
 @pytest.fixture(scope="module")

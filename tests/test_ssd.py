@@ -7,7 +7,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from longtail.config import recipe_from_dict
-from longtail.data.synthetic import synthetic_bundle
 from longtail.engine.checkpoint import load_checkpoint
 from longtail.engine.loop import StageContext
 from longtail.engine.pipeline import run_recipe
@@ -36,11 +35,6 @@ def ssd_recipe(mode="decoupled", self_sup="rotation", epochs=2, **ssl):
         "name": "tiny-ssd", "data": {"dataset": "synthetic"}, "model": {"backbone": "resnet20"},
         "runtime": {"device": "cpu", "amp": "off", "progress": False, "tensorboard": False}, "stages": stages,
     })
-
-
-@pytest.fixture(scope="module")
-def data():
-    return synthetic_bundle(num_classes=6, max_per_class=100, imbalance=10, size=16)
 
 
 def method_and_model(data, recipe, stage):
