@@ -76,6 +76,33 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from .report.html import write_report
+
+    written = write_report([Path(r) for r in args.runs], Path(args.out), baseline=args.baseline, tsne_classes=args.tsne_classes)
+    for path in written:
+        print(path)
+    return 0
+
+
+def cmd_bench_reproduce(args) -> int:
+    from .bench.reproduce import reproduce
+
+    reproduce(args)
+    return 0
+
+
+def cmd_bench_throughput(args) -> int:
+    from .bench.throughput import throughput
+
+    throughput(args)
+    return 0
+
+
+def _csv(kind):
+    return lambda text: [kind(v) for v in text.split(",") if v.strip()]
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="longtail", description="Long-tailed image recognition in plain PyTorch.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -109,6 +136,36 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data-root")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_stats)
+
+    rp = sub.add_parser("report", help="HTML + markdown report with plots for one or more finished runs")
+    rp.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders (each with results.json)")
+    rp.add_argument("--out", default="report", help="output folder (default ./report)")
+    rp.add_argument("--baseline", help="run folder to compare the others against (default: the first)")
+    rp.add_argument("--tsne-classes", type=int, default=9, help="classes in the t-SNE plot, drawn from many/medium/few")
+    rp.set_defaults(func=cmd_report)
+
+    b = sub.add_parser("bench", help="reproduction tables and throughput benchmarks")
+    bsub = b.add_subparsers(dest="bench_command", required=True)
+    br = bsub.add_parser("reproduce", help="run a grid of methods x imbalance x seeds; write results/<table>.json and .md")
+    br.add_argument("--table", required=True, choices=["cifar100-lt", "cifar10-lt"])
+    br.add_argument("--imbalance", type=_csv(float), default=[100.0], help="comma-separated, e.g. 100,50,10")
+    br.add_argument("--seeds", type=_csv(int), default=[0], help="comma-separated, e.g. 0,1,2")
+    br.add_argument("--epochs-scale", type=float, default=1.0, help="multiply every stage's epochs (1 = the papers' schedules)")
+    br.add_argument("--methods", type=_csv(str), help="comma-separated subset (default: all)")
+    br.add_argument("--data-root")
+    br.add_argument("--device")
+    br.add_argument("--runs", default="runs/bench", help="where the runs live (existing ones with the same config are reused)")
+    br.add_argument("--results", default="results", help="where <table>[-<tag>].json and .md are written")
+    br.add_argument("--tag", help="suffix of the results file name (default: cpu or gpu, from the device)")
+    br.add_argument("--render-only", action="store_true", help="re-render the markdown from the results file; train nothing")
+    br.set_defaults(func=cmd_bench_reproduce)
+    bt = bsub.add_parser("throughput", help="training images/s: model alone, the longtail loop, a classic PIL pipeline, per method")
+    bt.add_argument("--data-root")
+    bt.add_argument("--device")
+    bt.add_argument("--steps", type=int, default=30, help="timed steps per measurement")
+    bt.add_argument("--results", default="results", help="folder for throughput-<device>.json")
+    bt.add_argument("--quick", action="store_true", help="few steps, for smoke tests (numbers are not meaningful)")
+    bt.set_defaults(func=cmd_bench_throughput)
 
     r = sub.add_parser("recipes", help="list the recipes")
     r.set_defaults(func=cmd_recipes)

@@ -1,0 +1,1 @@
+"""Reproduction tables and throughput benchmarks (``longtail bench``)."""
