@@ -157,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     br.add_argument("--runs", default="runs/bench", help="where the runs live (existing ones with the same config are reused)")
     br.add_argument("--results", default="results", help="where <table>[-<tag>].json and .md are written")
     br.add_argument("--tag", help="suffix of the results file name (default: cpu or gpu, from the device)")
+    br.add_argument("--readme", default="README.md", help="a file whose <!-- bench:TABLE-TAG --> block gets the table")
     br.add_argument("--render-only", action="store_true", help="re-render the markdown from the results file; train nothing")
     br.set_defaults(func=cmd_bench_reproduce)
     bt = bsub.add_parser("throughput", help="training images/s: model alone, the longtail loop, a classic PIL pipeline, per method")

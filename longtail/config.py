@@ -69,6 +69,7 @@ class DataConfig:
     many_threshold: int = 100  # many-shot: n_c > many_threshold
     few_threshold: int = 20  # few-shot: n_c < few_threshold
     on_device: bool = True  # hold tensor datasets on the training device
+    on_bad_image: str = choice("error", "skip")  # file datasets: a missing/truncated/non-image file stops the run | is dropped (decodes every image once at load, counted in provenance.data)
 
 
 @dataclass
@@ -134,6 +135,7 @@ class RuntimeConfig:
     eval_batch_size: int = 512
     progress: bool = True
     tensorboard: bool = True
+    report_features: int = 50  # test features kept per class for the report's t-SNE (0: none)
 
 
 @dataclass
@@ -304,7 +306,12 @@ def _read_yaml(path: Path, seen: tuple = ()) -> dict:
     try:
         data = yaml_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"recipe {path}: invalid YAML: {str(e).splitlines()[0]}") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        what = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"recipe {where}: invalid YAML: {what}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"recipe {path}: cannot read ({getattr(e, 'strerror', None) or e})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"recipe {path}: expected a mapping at the top level")
     parent = data.pop("extends", None)
@@ -358,18 +365,45 @@ def expand_stage_defaults(data: dict) -> dict:
     return data
 
 
-def scale_epochs(recipe: Recipe, factor: float) -> None:
-    """``--epochs-scale``: shrink every stage (and its schedule) for quick runs; at least 1 epoch."""
+def scale_epochs(recipe: Recipe, factor: float, keep_short: int = 0) -> None:
+    """``--epochs-scale``: shrink every stage (and its schedule) for quick runs; at least 1 epoch.
+
+    Stages of at most ``keep_short`` epochs keep their length: the re-balancers (cRT, LWS) are
+    short by design and only train a head, so cutting them tests an under-trained head, not the method.
+    """
     if factor <= 0:
         raise ConfigError(f"--epochs-scale must be > 0, got {factor}")
     for s in recipe.stages:
-        if s.epochs == 0:  # post-hoc stages do not train
+        if s.epochs <= keep_short:  # post-hoc stages (0 epochs) do not train
             continue
         new = max(1, round(s.epochs * factor))
         ratio = new / s.epochs if s.epochs else 1.0
         s.epochs = new
         s.schedule.warmup_epochs *= ratio
         s.schedule.milestones = [m * ratio for m in s.schedule.milestones]
+
+
+def stage_refs(stage: "StageConfig | dict") -> set[str]:
+    """The earlier stages a stage starts from (``init``) or learns from (``teacher``/``teachers``)."""
+    get = stage.get if isinstance(stage, dict) else lambda k, d=None: getattr(stage, k, d)
+    params = get("params") or {}
+    refs = {get("init", "fresh")} | {params.get("teacher")} | set(params.get("teachers") or [])
+    return {r for r in refs if isinstance(r, str) and r != "fresh"}
+
+
+def keep_stages(recipe: Recipe, wanted: list[str]) -> None:
+    """Drop every stage that neither is in ``wanted`` nor is needed by one that is (a bench grid trains only what it reports)."""
+    names = {s.name for s in recipe.stages}
+    missing = [w for w in wanted if w not in names]
+    if missing:
+        raise ConfigError(f"recipe {recipe.name}: no stage named {missing}; stages are {sorted(names)}")
+    needed, todo = set(), list(wanted)
+    while todo:
+        name = todo.pop()
+        if name not in needed:
+            needed.add(name)
+            todo.extend(r for r in stage_refs(recipe.stage(name)) if r in names)
+    recipe.stages = [s for s in recipe.stages if s.name in needed]
 
 
 def validate(recipe: Recipe) -> None:
@@ -388,7 +422,7 @@ def validate(recipe: Recipe) -> None:
             raise ConfigError(f"{k}.batch_size must be > 0")
         if s.sampler == "class_balanced" and (s.samples_per_class <= 0 or s.batch_size % s.samples_per_class):
             raise ConfigError(f"{k}.batch_size ({s.batch_size}) must be a multiple of samples_per_class ({s.samples_per_class})")
-    if recipe.data.imbalance < 1:
+    if not recipe.data.imbalance >= 1:  # also NaN
         raise ConfigError(f"data.imbalance must be >= 1, got {recipe.data.imbalance:g}")
     if recipe.data.few_threshold > recipe.data.many_threshold:
         raise ConfigError("data.few_threshold must not exceed data.many_threshold")

@@ -26,7 +26,7 @@ import torch
 import yaml
 
 from .. import __version__
-from ..config import Recipe, from_dict
+from ..config import Recipe, from_dict, stage_refs
 from ..data.images import DataBundle
 from ..errors import ConfigError
 from .checkpoint import load_checkpoint
@@ -71,12 +71,6 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _depends_on(stage: dict) -> set[str]:
-    params = stage.get("params") or {}
-    refs = {stage.get("init", "fresh")} | {params.get("teacher")} | set(params.get("teachers") or [])
-    return {r for r in refs if isinstance(r, str)}
-
-
 def stale_stages(previous: dict, recipe: Recipe, where: Path) -> list[str]:
     """On ``--resume`` with an edited recipe: the stages to train again.
 
@@ -95,7 +89,7 @@ def stale_stages(previous: dict, recipe: Recipe, where: Path) -> list[str]:
     before = {s["name"]: s for s in previous.get("stages", [])}
     stale: list[str] = []
     for s in now["stages"]:
-        if before.get(s["name"]) != s or _depends_on(s) & set(stale):
+        if before.get(s["name"]) != s or stage_refs(s) & set(stale):
             stale.append(s["name"])
     return stale
 
