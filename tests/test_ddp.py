@@ -63,3 +63,27 @@ def test_two_ranks_see_disjoint_samples(tmp_path):
     w0, w1 = (torch.load(tmp_path / f"weights{r}.pt", weights_only=True) for r in (0, 1))
     params = [k for k in w0 if "running" not in k and "num_batches" not in k]
     assert all(torch.allclose(w0[k], w1[k]) for k in params)  # gradients were averaged across ranks
+
+
+def test_torchrun_two_ranks_train_a_recipe_from_the_cli(tmp_path):
+    """The README's command: ``torchrun --nproc_per_node 2 -m longtail train`` with gloo on CPU."""
+    import json
+    import subprocess
+    import sys
+
+    import yaml
+
+    from test_engine import tiny_recipe
+
+    recipe = tiny_recipe(epochs=2).to_dict()
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(recipe))
+    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "longtail", "train", str(tmp_path / "tiny.yaml"), "--out", str(tmp_path / "run")]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["provenance"]["world_size"] == 2
+    assert "world 2" in results["provenance"]["device"]
+    assert 0 <= results["final"]["top1"] <= 100
+    assert done.stdout.count("results:") == 1  # rank 0 alone prints
