@@ -15,6 +15,12 @@ fi
 if ! "$VPY" -c "import numpy, yaml, PIL, pytest, matplotlib" 2>/dev/null; then
   "$VPY" -m pip install -q -c constraints.txt numpy pyyaml pillow pytest matplotlib
 fi
+# Optional extras, as import-name:package; longtail works without them, so a failed install only warns.
+# scikit-learn: t-SNE in `longtail report` (PCA otherwise); the tests exercise it.
+for pair in sklearn:scikit-learn; do
+  "$VPY" -c "import ${pair%%:*}" 2>/dev/null || "$VPY" -m pip install -q -c constraints.txt "${pair#*:}" \
+    || echo "install.sh: optional package ${pair#*:} not installed" >&2
+done
 # The editable install gives the `longtail` console script; --no-deps so it never touches torch.
 if [ ! -x .venv/bin/longtail ]; then
   "$VPY" -m pip install -q --no-deps --no-build-isolation -e . 2>/dev/null || "$VPY" -m pip install -q --no-deps -e .

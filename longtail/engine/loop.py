@@ -26,6 +26,7 @@ from ..errors import TrainingError
 from ..methods.base import Batch, Method, get_method
 from ..models.classifier import exported_state, load_exported
 from ..models.resnet import load_torchvision_state_dict
+from ..report.record import save_record, stage_record
 from .checkpoint import load_checkpoint, save_atomic
 from .evaluate import accuracy_metrics, predict_logits
 from .optim import build_optimizer, lr_at
@@ -145,8 +146,11 @@ def run_over(ctx: StageContext, model: nn.Module, split: ImageSet, fn) -> torch.
 
 
 def evaluate_split(method: Method, model: nn.Module, ctx: StageContext, split: ImageSet) -> dict:
+    return score_logits(ctx, run_over(ctx, model, split, method.predict), split)
+
+
+def score_logits(ctx: StageContext, logits: torch.Tensor, split: ImageSet) -> dict:
     d = ctx.recipe.data
-    logits = run_over(ctx, model, split, method.predict)
     return accuracy_metrics(logits, split.labels, ctx.train_counts, d.many_threshold, d.few_threshold)
 
 
@@ -285,7 +289,10 @@ def finish_stage(method: Method, model: nn.Module, ctx: StageContext, stage_dir:
             model.load_state_dict(load_checkpoint(stage_dir / "best.pt")["model"])
             val = evaluate_split(method, model, ctx, ctx.data.val)
         chosen = {"epoch": best["epoch"], "rule": "best_val"}
-    test = evaluate_split(method, model, ctx, ctx.data.test)
+    test_logits = run_over(ctx, model, ctx.data.test, method.predict)
+    test = score_logits(ctx, test_logits, ctx.data.test)
+    # Before final.pt, so every finished stage has its record: the report then never re-runs the model.
+    save_record(stage_dir, stage_record(method, model, ctx, test_logits))
     extra = method.report(model)
     metrics = {**test, "val": {k: v for k, v in val.items() if k != "per_class"} if val else None,
                "selected": chosen, "train_seconds": round(train_time, 2), "epochs": stage.epochs, "steps": total_steps,

@@ -93,6 +93,7 @@ class BalanceAux(Method):
 
     def report(self, model):
         """The data behind the paper's Fig. 4: the L2 norm of each class's weight vector in h."""
-        w = model.heads["main"].fc.weight if hasattr(model.heads["main"], "fc") else model.heads["main"].weight
-        return {"classifier_weight_norms": [round(float(v), 5) for v in w.detach().norm(dim=1)],
+        from ..report.record import class_weight_norms
+
+        return {"classifier_weight_norms": [round(float(v), 5) for v in class_weight_norms(model, "main", adjusted=False)],
                 "train_counts": [int(c) for c in self.ctx.train_counts]}

@@ -1,0 +1,139 @@
+"""``longtail report`` on two tiny runs: every file written, the page's links, the table's numbers,
+and what training stores for it (confusion matrix, weight norms, features)."""
+import json
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from longtail.cli import main
+from longtail.config import recipe_from_dict
+from longtail.engine.pipeline import run_recipe
+from longtail.report.embed import PCA_LABEL, embed_2d, pick_classes
+from longtail.report.html import write_report
+from longtail.report.record import dense_confusion, load_record
+
+AUG = [{"op": "random_crop", "size": 16, "padding": 2}, {"op": "random_hflip"}, {"op": "normalize"}]
+CE = {"name": "ce", "method": "ce", "epochs": 2, "optim": {"lr": 0.1}}
+CRT = {"name": "crt", "method": "crt", "init": "ce", "sampler": "class_balanced", "samples_per_class": 4, "epochs": 1,
+       "optim": {"lr": 0.1}}
+
+
+def recipe(stages, **runtime):
+    return recipe_from_dict({
+        "name": "tiny-report", "data": {"dataset": "synthetic"}, "model": {"backbone": "resnet20"},
+        "runtime": {"device": "cpu", "amp": "off", "progress": False, "tensorboard": False, **runtime},
+        "stages": [{"batch_size": 32, "schedule": {"kind": "cosine"}, "augment": AUG, **s} for s in stages],
+    })
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, data):
+    """CE with validation every epoch (features kept), and CE -> cRT without features."""
+    root = tmp_path_factory.mktemp("runs")
+    run_recipe(recipe([CE], eval_every=1, report_features=8), root / "ce", data=data)
+    run_recipe(recipe([{**CE, "epochs": 1}, CRT], report_features=0), root / "crt", data=data)
+    return root / "ce", root / "crt"
+
+
+@pytest.fixture(scope="module")
+def report(runs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    return out, write_report(list(runs), out, baseline=None, tsne_classes=4)
+
+
+def test_every_file_is_written(report):
+    out, written = report
+    names = {p.name for p in written}
+    assert {"index.html", "report.md", "per_class_accuracy.png", "gain_crt.png", "weight_norms.png", "curves_ce.png",
+            "curves_crt.png", "features_ce.png", "confusions_ce.png", "confusions_crt.png"} <= names
+    assert "features_crt.png" not in names  # runtime.report_features=0 keeps no features
+    assert all(p.is_file() and p.stat().st_size > 0 for p in written)
+    assert {p.name for p in out.iterdir()} == names
+
+
+def test_page_references_every_png(report):
+    out, written = report
+    page = (out / "index.html").read_text()
+    linked = set(re.findall(r"<img src='([^']+)'", page))
+    assert linked == {p.name for p in written if p.suffix == ".png"}
+    assert all((out / name).is_file() for name in linked)
+    assert "<script" not in page and "http" not in page  # self-contained
+    md = (out / "report.md").read_text()
+    assert set(re.findall(r"\]\(([^)]+\.png)\)", md)) == linked
+
+
+def test_markdown_table_equals_results(report, runs):
+    out, _ = report
+    table = (out / "report.md").read_text().split("## Results")[1].split("\n## ")[0]
+    rows = {cells[0]: cells for cells in
+            ([c.strip() for c in line.strip("|").split("|")] for line in table.splitlines() if line.startswith("| c"))}
+    for run in runs:
+        final = json.loads((run / "results.json").read_text())["final"]
+        name, stage, *numbers = rows[run.name]
+        assert stage == final["stage"]
+        expected = ["n/a" if final[k] is None else f"{final[k]:.2f}" for k in ("top1", "many", "medium", "few")]
+        assert numbers == expected
+        assert final["many"] is None and numbers[1] == "n/a"  # no synthetic class has more than 100 images
+
+
+def test_train_time_record(runs, data):
+    ce, crt = runs
+    counts = np.bincount(data.test.labels, minlength=data.num_classes)
+    for stage_dir in (ce / "ce", crt / "ce", crt / "crt"):
+        rec = load_record(stage_dir)  # np.load(allow_pickle=False): plain arrays only
+        assert all(a.dtype != object for a in rec.values())
+        matrix = dense_confusion(rec["confusion"], data.num_classes)
+        assert matrix.sum(1).tolist() == counts.tolist()
+        metrics = json.loads((stage_dir.parent / "results.json").read_text())["stages"][stage_dir.name]
+        assert 100.0 * np.trace(matrix) / matrix.sum() == pytest.approx(metrics["top1"], abs=1e-3)
+        assert rec["train_counts"].tolist() == data.train_counts.tolist()
+        assert rec["weight_norms"].shape == (data.num_classes,) and (rec["weight_norms"] > 0).all()
+    rec = load_record(ce / "ce")
+    assert rec["features"].dtype == np.float16 and len(rec["features"]) == len(rec["feature_labels"])
+    assert np.bincount(rec["feature_labels"]).max() == 8  # runtime.report_features
+    assert "features" not in load_record(crt / "crt")
+
+
+def test_stage_folder_and_baseline(runs, tmp_path):
+    ce, crt = runs
+    written = write_report([ce, crt / "ce"], tmp_path, baseline=str(crt / "ce"), tsne_classes=0)
+    names = {p.name for p in written}
+    assert "gain_ce.png" in names and "gain_crt_ce.png" not in names  # the baseline is compared against, not with itself
+    md = (tmp_path / "report.md").read_text()
+    assert md.index("| crt/ce | ce |") < md.index("| ce | ce |")  # the baseline comes first
+    assert not any(n.startswith("features_") for n in names)
+
+
+def test_embedding_tsne_and_pca_fallback(monkeypatch):
+    x = np.random.default_rng(0).normal(size=(40, 8)).astype(np.float16)
+    pytest.importorskip("sklearn")
+    coords, how = embed_2d(x)
+    assert coords.shape == (40, 2) and how == "t-SNE"
+    monkeypatch.setitem(sys.modules, "sklearn.manifold", None)  # import fails as if not installed
+    coords, how = embed_2d(x)
+    assert coords.shape == (40, 2) and how == PCA_LABEL
+
+
+def test_pick_classes_spreads_over_groups():
+    counts = np.array([500, 300, 150, 90, 50, 25, 15, 8, 5])
+    groups = {"many": np.array([0, 1, 2]), "medium": np.array([3, 4, 5]), "few": np.array([6, 7, 8])}
+    assert sorted(pick_classes(range(9), groups, counts, 3)) == [0, 3, 6]
+    assert sorted(pick_classes([0, 1, 2, 3, 8], groups, counts, 4)) == [0, 2, 3, 8]  # exhausted groups give way
+
+
+def test_committed_run_without_record(tmp_path):
+    """Runs trained before report.npz existed still report: counts come from the recipe, SSD's Fig. 5 from results.json."""
+    run = Path(__file__).resolve().parents[1] / "results" / "cpu" / "cifar100-lt-if100" / "ssd-x0.1"
+    if not (run / "results.json").is_file():
+        pytest.skip(f"{run} not present")
+    names = {p.name for p in write_report([run], tmp_path)}
+    assert {"per_class_accuracy.png", "label_distribution_ssd-x0.1.png", "curves_ssd-x0.1.png"} <= names
+
+
+def test_folder_without_results_is_a_one_line_error(tmp_path, capsys):
+    assert main(["report", str(tmp_path), "--out", str(tmp_path / "report")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("longtail: error:") and "results.json" in err[0]
