@@ -166,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--steps", type=int, default=30, help="timed steps per measurement")
     bt.add_argument("--results", default="results", help="folder for throughput-<device>.json")
     bt.add_argument("--quick", action="store_true", help="few steps, for smoke tests (numbers are not meaningful)")
+    bt.add_argument("--batch", type=int, help=argparse.SUPPRESS)  # tests: smaller batches (default 128)
+    bt.add_argument("--synthetic", action="store_true", help=argparse.SUPPRESS)  # tests: a tiny synthetic set, no archive
     bt.set_defaults(func=cmd_bench_throughput)
 
     r = sub.add_parser("recipes", help="list the recipes")

@@ -154,22 +154,39 @@ def score_logits(ctx: StageContext, logits: torch.Tensor, split: ImageSet) -> di
     return accuracy_metrics(logits, split.labels, ctx.train_counts, d.many_threshold, d.few_threshold)
 
 
+def build_stage_model(method: Method, ctx: StageContext, seed: int) -> nn.Module:
+    """The stage's model on its device: fresh (seeded), from an earlier stage or pretrained; then ``method.prepare``."""
+    torch.manual_seed(seed)  # fresh weights depend on the seed only
+    model = method.build_model()
+    if ctx.stage.init != "fresh":
+        method.init_from(model, load_checkpoint(ctx.artifacts[ctx.stage.init])["model"])
+    elif ctx.recipe.model.pretrained:  # an ImageNet-pretrained start, torchvision format
+        load_torchvision_state_dict(model.backbone, ctx.recipe.model.pretrained)
+    model.to(ctx.runtime.device)
+    method.prepare(model)
+    if ctx.runtime.channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+def train_step(method: Method, model: nn.Module, batch: dict[str, Batch], g: torch.Generator,
+               optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, rt: Runtime) -> tuple[torch.Tensor, dict]:
+    """One SGD step: the method's loss under autocast, (scaled) backward, optimiser step."""
+    with rt.autocast():
+        loss, parts = method.loss(model, batch, g)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return loss, parts
+
+
 def train_stage(ctx: StageContext, stage_dir: Path, resume: bool = False) -> dict:
     """Train one stage to completion; return its metrics (and write ``final.pt``)."""
     rt, stage = ctx.runtime, ctx.stage
     seed = ctx.recipe.runtime.seed if stage.seed is None else stage.seed
     method = get_method(stage.method)(ctx)
-
-    torch.manual_seed(seed)  # fresh weights depend on the seed only
-    model = method.build_model()
-    if stage.init != "fresh":
-        method.init_from(model, load_checkpoint(ctx.artifacts[stage.init])["model"])
-    elif ctx.recipe.model.pretrained:  # an ImageNet-pretrained start, torchvision format
-        load_torchvision_state_dict(model.backbone, ctx.recipe.model.pretrained)
-    model.to(rt.device)
-    method.prepare(model)
-    if rt.channels_last:
-        model.to(memory_format=torch.channels_last)
+    model = build_stage_model(method, ctx, seed)
     if method.train_scope == "none":  # post-hoc: tau-norm, NCM, logit adjustment
         fitted = method.fit(model) if rt.is_main else {}
         metrics = finish_stage(method, model, ctx, stage_dir, [], MetricLogger(stage_dir / "metrics.jsonl" if rt.is_main else None, False),
@@ -237,12 +254,7 @@ def train_stage(ctx: StageContext, stage_dir: Path, resume: bool = False) -> dic
             lr = lr_at(gstep, total_steps, steps_per_epoch, stage.optim.lr, stage.schedule)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            with rt.autocast():
-                loss, parts = method.loss(train_model, batch, g)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+            loss, parts = train_step(method, train_model, batch, g, optimizer, scaler, rt)
 
             parts = {"loss": loss.detach(), **parts}
             running = {k: v.float() for k, v in parts.items()} if running is None else {k: running[k] + v.float() for k, v in parts.items()}
