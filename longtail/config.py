@@ -315,6 +315,8 @@ def _read_yaml(path: Path, seen: tuple = ()) -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"recipe {path}: expected a mapping at the top level")
     parent = data.pop("extends", None)
+    if parent is not None and not isinstance(parent, str):
+        raise ConfigError(f"recipe {path}: extends: expected a recipe name or a .yaml path, got {parent!r}")
     if parent:
         base_path = (path.parent / parent) if str(parent).endswith((".yaml", ".yml")) else resolve_recipe_path(parent)
         data = _merge(_read_yaml(base_path, seen + (path.resolve(),)), data)

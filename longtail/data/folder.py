@@ -37,6 +37,7 @@ from .splitfile import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     FileStore,
+    drop_bad_images,
     load_split_dataset,
     split_train_counts,
 )
@@ -105,6 +106,15 @@ def load_folder_dataset(root, cfg) -> DataBundle:
     if not len(splits["test"][0]):
         raise DataError(f"image folder {root}: too few images for a test split (the median class needs >= 5)")
     size = cfg.image_size or DEFAULT_SIZE
+    bad_images = {"policy": cfg.on_bad_image}
+    if cfg.on_bad_image == "skip":  # after the split rule, so the split of the good images does not move
+        splits, bad_images = drop_bad_images(root, splits, size)
+        counts = np.bincount(splits["train"][1], minlength=len(classes))
+        if (counts == 0).any():
+            c = int(np.flatnonzero(counts == 0)[0])
+            raise DataError(f"class folder {root / classes[c]} has no readable training images (data.on_bad_image=skip)")
+        if not len(splits["test"][0]):
+            raise DataError(f"image folder {root}: no readable test images (data.on_bad_image=skip)")
     cache_dir = user_cache_dir() / "decoded" if cfg.cache else None
 
     def image_set(s):
@@ -132,5 +142,6 @@ def load_folder_dataset(root, cfg) -> DataBundle:
             "seed": cfg.val_seed,
             "sha256": digest,
             "decode": f"shorter side to {size}, centre crop {size}x{size}",
+            "bad_images": bad_images,
         },
     )

@@ -14,10 +14,11 @@ import json
 import os
 import threading
 import time
+import warnings
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import numpy as np
 import torch
@@ -71,12 +72,28 @@ def read_split(path) -> tuple[list[str], np.ndarray]:
         if len(fields) != 2 or not (fields[1].isascii() and fields[1].isdigit()):
             raise DataError(f"{path}:{lineno}: expected '<relative path> <label>', got {line!r}")
         rel = fields[0]
+        if _escapes(rel):
+            raise DataError(f"{path}:{lineno}: image path {rel!r} escapes the image root (absolute or '..'); "
+                            f"paths must be relative to it")
+        label = int(fields[1])
+        if label > MAX_LABEL:
+            raise DataError(f"{path}:{lineno}: label {fields[1]} is out of range (at most {MAX_LABEL})")
         if rel in first_line:
             raise DataError(f"{path}:{lineno}: duplicate image {rel!r} (also on line {first_line[rel]})")
         first_line[rel] = lineno
         paths.append(rel)
-        labels.append(int(fields[1]))
+        labels.append(label)
     return paths, np.asarray(labels, dtype=np.int64)
+
+
+MAX_LABEL = 10_000_000  # class indices beyond this are typos, not datasets (and would allocate GBs of counts)
+
+
+def _escapes(rel: str) -> bool:
+    """A split path that could leave the image root: absolute (POSIX or Windows, drive included) or with a '..' part."""
+    if PurePosixPath(rel).is_absolute() or PureWindowsPath(rel).drive or rel.startswith("\\"):
+        return True
+    return ".." in rel.replace("\\", "/").split("/")
 
 
 def _under(root: Path, p: str) -> Path:
@@ -137,6 +154,37 @@ def _class_names(paths: list[str], labels: np.ndarray, num_classes: int) -> list
     return names if all(names) and len(set(names)) == num_classes else [str(c) for c in range(num_classes)]
 
 
+def drop_bad_images(image_root: Path, lists: dict, size: int) -> tuple[dict, dict]:
+    """``data.on_bad_image: skip``: decode every listed image once and drop those that fail.
+
+    Returns the filtered ``{split: (paths, labels)}`` and a report for provenance:
+    per split the number skipped, and the first few reasons. A warning gives the count.
+    """
+    store = FileStore(image_root, [], size)
+    skipped: dict[str, int] = {}
+    examples: list[str] = []
+    out = {}
+    with ThreadPoolExecutor(min(8, os.cpu_count() or 1), thread_name_prefix="verify") as pool:
+        for s, (paths, labels) in lists.items():
+            def check(rel):
+                try:
+                    decode_image(store.root / rel, size)
+                    return None
+                except DataError as e:
+                    return str(e)
+            errors = list(pool.map(check, paths))
+            keep = [i for i, e in enumerate(errors) if e is None]
+            skipped[s] = len(paths) - len(keep)
+            examples += [e for e in errors if e is not None][: max(0, 5 - len(examples))]
+            out[s] = ([paths[i] for i in keep], np.asarray(labels)[keep])
+    total = sum(skipped.values())
+    if total:
+        per = ", ".join(f"{n} in {s}" for s, n in skipped.items() if n)
+        warnings.warn(f"data.on_bad_image=skip: skipped {total} unreadable image(s) under {image_root} ({per}); first: {examples[0]}",
+                      stacklevel=2)
+    return out, {"policy": "skip", "skipped": skipped, "skipped_total": total, "examples": examples}
+
+
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -168,6 +216,13 @@ def load_split_dataset(name: str, root, cfg, image_root=None) -> DataBundle:
     _check_classes(lists["train"][1], num_classes, files["train"])
 
     size = cfg.image_size or DEFAULT_SIZE
+    bad_images = {"policy": cfg.on_bad_image}
+    if cfg.on_bad_image == "skip":
+        lists, bad_images = drop_bad_images(image_root, lists, size)
+        for s, (paths, _) in lists.items():
+            if not paths:
+                raise DataError(f"{files[s]}: no readable images (data.on_bad_image=skip dropped all {bad_images['skipped'][s]})")
+        _check_classes(lists["train"][1], num_classes, files["train"])
     cache_dir = user_cache_dir() / "decoded" if cfg.cache else None
 
     def split(s):
@@ -191,6 +246,7 @@ def load_split_dataset(name: str, root, cfg, image_root=None) -> DataBundle:
             "sha256": {s: _sha256(p) for s, p in files.items() if p is not None},
             "image_root": str(image_root),
             "decode": f"shorter side to {size}, centre crop {size}x{size}",
+            "bad_images": bad_images,
         },
     )
 

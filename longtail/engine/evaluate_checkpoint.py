@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ..config import recipe_from_dict
 from ..data.build import build_data, resolve_data_root
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
 from ..methods import get_method
 from ..models.classifier import load_exported
 from .checkpoint import load_checkpoint
@@ -13,9 +13,12 @@ from .runtime import setup_runtime
 
 def evaluate_checkpoint(path, data_root: str | None = None, device: str | None = None, split: str = "test") -> dict:
     ck = load_checkpoint(path)
-    if "recipe" not in ck or "stage" not in ck:
-        raise CheckpointError(f"checkpoint {path} carries no recipe/stage; only longtail run checkpoints can be evaluated")
-    recipe = recipe_from_dict(ck["recipe"])
+    if not all(isinstance(ck.get(k), t) for k, t in (("recipe", dict), ("stage", str), ("model", dict))):
+        raise CheckpointError(f"checkpoint {path} carries no recipe/stage/model; only longtail run checkpoints can be evaluated")
+    try:
+        recipe = recipe_from_dict(ck["recipe"])
+    except ConfigError as e:
+        raise CheckpointError(f"checkpoint {path}: its recipe is invalid here ({e})") from None
     if device:
         recipe.runtime.device = device
     rt = setup_runtime(recipe.runtime)
@@ -23,7 +26,7 @@ def evaluate_checkpoint(path, data_root: str | None = None, device: str | None =
     ctx = StageContext(recipe, recipe.stage(ck["stage"]), data, rt)
     method = get_method(ctx.stage.method)(ctx)
     model = method.build_model()
-    load_exported(model, ck["model"])
+    load_exported(model, ck["model"], where=path)
     model.to(rt.device)
     if rt.channels_last:
         import torch

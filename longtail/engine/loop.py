@@ -22,7 +22,7 @@ from ..config import Recipe, StageConfig
 from ..data.augment import Augment
 from ..data.images import DataBundle, ImageSet, TensorStore
 from ..data.samplers import build_sampler
-from ..errors import TrainingError
+from ..errors import CheckpointError, TrainingError
 from ..methods.base import Batch, Method, get_method
 from ..models.classifier import exported_state, load_exported
 from ..models.resnet import load_torchvision_state_dict
@@ -211,12 +211,16 @@ def train_stage(ctx: StageContext, stage_dir: Path, resume: bool = False) -> dic
     ckpt_path = stage_dir / "checkpoint.pt"
     epoch, step, history = 0, 0, []
     if resume and ckpt_path.exists():
-        ck = load_checkpoint(ckpt_path)
-        model.load_state_dict(ck["model"])
-        optimizer.load_state_dict(ck["optimizer"])
-        scaler.load_state_dict(ck["scaler"])
-        torch.set_rng_state(ck["rng"]["torch"])
-        epoch, step, history = ck["epoch"], ck["step"], ck.get("history", [])
+        try:
+            ck = load_checkpoint(ckpt_path)
+            model.load_state_dict(ck["model"])
+            optimizer.load_state_dict(ck["optimizer"])
+            scaler.load_state_dict(ck["scaler"])
+            torch.set_rng_state(ck["rng"]["torch"])
+            epoch, step, history = ck["epoch"], ck["step"], ck.get("history", [])
+        except (CheckpointError, KeyError, RuntimeError, ValueError, TypeError) as e:  # truncated, or another model's
+            why = str(e) if isinstance(e, CheckpointError) else f"checkpoint {ckpt_path} does not fit stage {stage.name}: {str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__}"
+            raise CheckpointError(f"--resume: {why}; delete it to restart stage {stage.name} from its start") from None
 
     train_model = model
     if rt.distributed:
@@ -259,7 +263,7 @@ def train_stage(ctx: StageContext, stage_dir: Path, resume: bool = False) -> dic
             parts = {"loss": loss.detach(), **parts}
             running = {k: v.float() for k, v in parts.items()} if running is None else {k: running[k] + v.float() for k, v in parts.items()}
             seen += 1
-            if (step + 1) % LOG_EVERY == 0 or step + 1 == steps_per_epoch:
+            if (step + 1) % LOG_EVERY == 0 or step + 1 == steps_per_epoch or (every and (step + 1) % every == 0):  # checked before every save
                 means = {k: (v / seen).item() for k, v in running.items()}
                 if not all(np.isfinite(list(means.values()))):
                     raise TrainingError(f"stage {stage.name}: the loss diverged ({means}) at epoch {epoch} step {step}; "

@@ -29,7 +29,7 @@ from .. import __version__
 from ..config import Recipe, from_dict, stage_refs
 from ..data.images import DataBundle
 from ..errors import ConfigError
-from .checkpoint import load_checkpoint
+from .checkpoint import load_checkpoint, remove_stale_temps
 from .loop import StageContext, train_stage
 from .runtime import Runtime, setup_runtime
 
@@ -105,27 +105,32 @@ def run_recipe(recipe: Recipe, out: str | Path, data_root: str | None = None, re
     commit = git_commit()
     rt = runtime or setup_runtime(recipe.runtime)
     resolved = out / "recipe.yaml"
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output folder {out} is a file; choose another --out")
     if out.exists() and any(out.iterdir()) and not resume:
         raise ConfigError(f"output folder {out} is not empty: pass --resume to continue that run, or choose another --out")
     rt.barrier()  # every rank has checked the folder before rank 0 writes into it
     stale = []
     if resume and resolved.exists():
         stale = stale_stages(yaml.safe_load(resolved.read_text()), recipe, resolved)
+    if data is None:  # before anything is written: a data error leaves the run folder as it was
+        from ..data.build import build_data, resolve_data_root
+
+        data = build_data(recipe.data, resolve_data_root(data_root, recipe.data.root))
     if rt.is_main:
         out.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(out)  # half-written files of a killed run: never read, but they would pile up
         stamp = time.strftime("%Y%m%d-%H%M%S")
         for name in stale:  # kept aside, never deleted
             if (out / name).exists():
                 os.replace(out / name, out / f"{name}.replaced-{stamp}")
         if stale and resolved.exists():
             os.replace(resolved, out / f"recipe.replaced-{stamp}.yaml")
-        _atomic_write_text(resolved, yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+        text = yaml.safe_dump(recipe.to_dict(), sort_keys=False)
+        if not resolved.exists() or resolved.read_text() != text:  # a resume leaves an unchanged recipe untouched
+            _atomic_write_text(resolved, text)
     rt.barrier()
 
-    if data is None:
-        from ..data.build import build_data, resolve_data_root
-
-        data = build_data(recipe.data, resolve_data_root(data_root, recipe.data.root))
     if recipe.data.on_device:
         data.train, data.val, data.test = (s.to(rt.device) if s is not None else None for s in (data.train, data.val, data.test))
 

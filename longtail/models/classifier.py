@@ -61,11 +61,19 @@ def exported_state(model: nn.Module) -> dict:
     return {k: v for k, v in model.state_dict().items() if not k.startswith("aux.")}
 
 
-def load_exported(model: nn.Module, state: dict) -> None:
-    """Load an exported state: strict, except that training-only ``aux`` parts may be absent."""
-    missing, unexpected = model.load_state_dict(state, strict=False)
+def load_exported(model: nn.Module, state: dict, where=None) -> None:
+    """Load an exported state: strict, except that training-only ``aux`` parts may be absent.
+
+    ``where`` (the checkpoint's path) is named in the error when the state does not fit.
+    """
+    from ..errors import CheckpointError
+
+    what = f"checkpoint {where}" if where is not None else "the checkpoint"
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # a tensor of another shape: another backbone width or number of classes
+        sizes = [l.strip() for l in str(e).splitlines() if "size mismatch" in l]
+        raise CheckpointError(f"{what} does not fit this model: {(sizes or [str(e).strip().splitlines()[-1]])[0][:200]}") from None
     bad = [k for k in missing if not k.startswith("aux.")] + list(unexpected)
     if bad:
-        from ..errors import CheckpointError
-
-        raise CheckpointError(f"the checkpoint does not fit this model: {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}")
+        raise CheckpointError(f"{what} does not fit this model: {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}")
