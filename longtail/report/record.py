@@ -28,9 +28,9 @@ FEATURE_CLASSES = 24  # classes whose test features are kept; the t-SNE picks fr
 def confusion_cells(logits: torch.Tensor, labels, num_classes: int) -> np.ndarray:
     """(true, predicted, count) for every non-zero cell of the confusion matrix."""
     labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
-    cells = torch.bincount(labels * num_classes + logits.argmax(dim=1), minlength=num_classes * num_classes)
-    flat = torch.nonzero(cells).squeeze(1)
-    return torch.stack([flat // num_classes, flat % num_classes, cells[flat]], dim=1).numpy().astype(np.int64)
+    # unique over (true, predicted) codes, not a bincount over all C^2 cells, which would not fit for large C
+    codes, n = torch.unique(labels * num_classes + logits.argmax(dim=1), return_counts=True)
+    return torch.stack([codes // num_classes, codes % num_classes, n], dim=1).numpy().astype(np.int64)
 
 
 def dense_confusion(cells: np.ndarray, num_classes: int) -> np.ndarray:
