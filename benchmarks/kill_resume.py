@@ -226,10 +226,10 @@ def run(kills: int = 12, seed: int = 0, synthetic: bool = False, data_root: str 
     work = Path(work or tempfile.mkdtemp(prefix="kill_resume-"))
     work.mkdir(parents=True, exist_ok=True)
     if fork:  # what every run would import on its own (the optimiser pulls in torch._dynamo): once, before forking
-        import torch._dynamo  # noqa: F401
+        import importlib
 
-        import longtail.cli  # noqa: F401
-        import longtail.data.build  # noqa: F401
+        for name in ("torch._dynamo", "longtail.cli", "longtail.data.build"):
+            importlib.import_module(name)
     if synthetic:
         (work / "recipe.yaml").write_text(SYNTHETIC)
         runner = Runner(str(work / "recipe.yaml"), [], None, fork)
