@@ -158,8 +158,35 @@ class Recipe:
         return dataclasses.asdict(self)
 
     def hash(self) -> str:
-        blob = json.dumps(self.to_dict(), sort_keys=True, default=str).encode()
+        """Over the fields a recipe sets away from their defaults, so a field added to longtail later
+        (at its default) leaves the hash of every earlier recipe, and the runs recorded under it, valid."""
+        blob = json.dumps(_non_defaults(self), sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _non_defaults(obj):
+    if dataclasses.is_dataclass(obj):
+        out = {}
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if f.default is not dataclasses.MISSING:
+                default = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                default = f.default_factory()
+            else:
+                default = dataclasses.MISSING
+            if dataclasses.is_dataclass(value):  # nested: only the sub-fields that differ
+                inner = _non_defaults(value)
+                if inner:
+                    out[f.name] = inner
+            elif value != default:
+                out[f.name] = _non_defaults(value)
+        return out
+    if isinstance(obj, (list, tuple)):
+        return [_non_defaults(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: _non_defaults(v) for k, v in obj.items()}
+    return obj
 
 
 

@@ -96,6 +96,13 @@ def test_grid_writes_results_and_reuses_finished_cells(tmp_path, capsys):
     assert again["entries"] == doc["entries"]
     assert (tmp_path / "runs/cifar100-lt/x0.005/cbs-if10-s0/results.json").stat().st_mtime_ns == mtime
 
+    (tmp_path / "results/cifar100-lt-t.json").unlink()  # a later session: the run folder is all there is
+    capsys.readouterr()
+    third = reproduce(_args(tmp_path), synthetic)
+    assert "reusing" in capsys.readouterr().out
+    assert third["entries"][0]["top1"] == e["top1"]
+    assert (tmp_path / "runs/cifar100-lt/x0.005/cbs-if10-s0/results.json").stat().st_mtime_ns == mtime
+
     with pytest.raises(ConfigError, match="--epochs-scale 0.005 table"):
         reproduce(_args(tmp_path, epochs_scale=0.01), synthetic)
     with pytest.raises(ConfigError, match="unknown"):

@@ -88,3 +88,21 @@ def test_method_params_are_checked_by_name():
     with pytest.raises(ConfigError, match=r"unknown config key 'stages.s3.params.temperature'"):
         parse_params(DistillParams, {"temperature": 2}, "s3")
     assert parse_params(DistillParams, {"mode": "single", "T": 4}, "s3").T == 4.0
+
+
+def test_hash_ignores_fields_added_later_at_their_default():
+    import copy
+    import dataclasses
+
+    from longtail.config import RuntimeConfig
+
+    old = load_recipe("cifar100-lt/ssd")
+    Newer = dataclasses.make_dataclass("Newer", [("new_knob", int, dataclasses.field(default=7))], bases=(RuntimeConfig,))
+    new = copy.deepcopy(old)
+    new.runtime = Newer(**dataclasses.asdict(old.runtime))
+    assert new.hash() == old.hash()  # a run recorded before the field existed still matches
+    new.runtime.new_knob = 8
+    assert new.hash() != old.hash()
+    moved = copy.deepcopy(old)
+    moved.stages[1].epochs = 6
+    assert moved.hash() != old.hash()

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import keep_stages, load_recipe
-from ..errors import ConfigError
+from ..errors import ConfigError, LongtailError
 from .tables import render_markdown, replace_block, summarise
 
 SHORT_STAGE = 10  # stages of at most this many epochs (the re-balancers) keep their length under --epochs-scale
@@ -96,6 +96,18 @@ def _write(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
+def _recipe_hash(path: Path) -> str | None:
+    """The hash of a run folder's resolved recipe under today's schema (runs from before a field was added still match)."""
+    import yaml
+
+    from ..config import recipe_from_dict
+
+    try:
+        return recipe_from_dict(yaml.safe_load(path.read_text())).hash()
+    except (OSError, yaml.YAMLError, LongtailError):
+        return None
+
+
 def _entry(row: Row, imbalance: float, seed: int, recipe, results: dict, run_dir: Path) -> dict:
     m, prov = results["stages"][row.stage], results["provenance"]
     return {
@@ -158,7 +170,7 @@ def reproduce(args, extra_overrides: list[str] = ()) -> dict:
             continue
         run_dir = Path(args.runs) / table / f"x{scale:g}" / f"{name}-if{imb:g}-s{seed}"
         done = _load(run_dir / "results.json")
-        if done.get("provenance", {}).get("config_hash") == h:
+        if done and _recipe_hash(run_dir / "recipe.yaml") == h:
             print(f"{label}: reusing {run_dir}", flush=True)
         else:
             print(f"{label}: training into {run_dir}", flush=True)
