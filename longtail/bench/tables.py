@@ -42,10 +42,16 @@ def cell(ms: list) -> str:
     return f"{m:.2f}" if s is None else f"{m:.2f} ± {s:.2f}"
 
 
+def _short(commit: str | None) -> str:
+    if not commit:
+        return "?"
+    return commit[:12] + ("-dirty" if commit.endswith("-dirty") else "")
+
+
 def _provenance_line(doc: dict) -> str:
     es = doc["entries"]
     devices = sorted({e["provenance"]["device"] for e in es if e["provenance"].get("device")})
-    commits = sorted({(e["provenance"].get("commit") or "?")[:12] for e in es})
+    commits = sorted({_short(e["provenance"].get("commit")) for e in es})
     dates = sorted(e["provenance"]["finished"][:10] for e in es if e["provenance"].get("finished"))
     scale = doc["epochs_scale"]
     schedule = ("the papers' schedules" if scale == 1 else
