@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import keep_stages, load_recipe
+from ..engine.checkpoint import write_text_atomic
 from ..errors import ConfigError, LongtailError
 from .tables import render_markdown, replace_block, summarise
 
@@ -89,13 +90,6 @@ def _load(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def _write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def _recipe_hash(path: Path) -> str | None:
     """The hash of a run folder's resolved recipe under today's schema (runs from before a field was added still match)."""
     import yaml
@@ -140,15 +134,15 @@ def reproduce(args, extra_overrides: list[str] = ()) -> dict:
     def save() -> None:
         doc["summary"] = summarise(doc["entries"], PAPER.get(table, {}))
         doc["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        _write(out_json, json.dumps(doc, indent=1) + "\n")
+        write_text_atomic(out_json, json.dumps(doc, indent=1) + "\n")
         md = render_markdown(doc)
-        _write(out_json.with_suffix(".md"), md)
+        write_text_atomic(out_json.with_suffix(".md"), md)
         readme = Path(getattr(args, "readme", None) or "README.md")
         if readme.is_file():
             text = readme.read_text()
             new = replace_block(text, f"bench:{table}-{tag}", md)
             if new != text:
-                _write(readme, new)
+                write_text_atomic(readme, new)
 
     if getattr(args, "render_only", False):
         save()

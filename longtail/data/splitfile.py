@@ -160,7 +160,7 @@ def drop_bad_images(image_root: Path, lists: dict, size: int) -> tuple[dict, dic
     Returns the filtered ``{split: (paths, labels)}`` and a report for provenance:
     per split the number skipped, and the first few reasons. A warning gives the count.
     """
-    store = FileStore(image_root, [], size)
+    image_root = Path(image_root)
     skipped: dict[str, int] = {}
     examples: list[str] = []
     out = {}
@@ -168,7 +168,7 @@ def drop_bad_images(image_root: Path, lists: dict, size: int) -> tuple[dict, dic
         for s, (paths, labels) in lists.items():
             def check(rel):
                 try:
-                    decode_image(store.root / rel, size)
+                    decode_image(image_root / rel, size)
                     return None
                 except DataError as e:
                     return str(e)

@@ -55,6 +55,15 @@ def save_atomic(obj: dict, path: str | Path) -> None:
         pass
 
 
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """A text file (results, recipes, tables) written whole or not at all, like :func:`save_atomic`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}{TEMP_SUFFIX}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def _reason(e: BaseException) -> str:
     if isinstance(e, OSError) and e.strerror:
         return e.strerror

@@ -29,7 +29,7 @@ from .. import __version__
 from ..config import Recipe, from_dict, stage_refs
 from ..data.images import DataBundle
 from ..errors import ConfigError
-from .checkpoint import load_checkpoint, remove_stale_temps
+from .checkpoint import load_checkpoint, remove_stale_temps, write_text_atomic
 from .loop import StageContext, train_stage
 from .runtime import Runtime, setup_runtime
 
@@ -63,12 +63,6 @@ def provenance(recipe: Recipe, rt: Runtime, wall: float, data_source: dict, comm
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "data": data_source,
     }
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def stale_stages(previous: dict, recipe: Recipe, where: Path) -> list[str]:
@@ -128,7 +122,7 @@ def run_recipe(recipe: Recipe, out: str | Path, data_root: str | None = None, re
             os.replace(resolved, out / f"recipe.replaced-{stamp}.yaml")
         text = yaml.safe_dump(recipe.to_dict(), sort_keys=False)
         if not resolved.exists() or resolved.read_text() != text:  # a resume leaves an unchanged recipe untouched
-            _atomic_write_text(resolved, text)
+            write_text_atomic(resolved, text)
     rt.barrier()
 
     if recipe.data.on_device:
@@ -152,5 +146,5 @@ def run_recipe(recipe: Recipe, out: str | Path, data_root: str | None = None, re
         "provenance": provenance(recipe, rt, time.perf_counter() - t0, data.source, commit),
     }
     if rt.is_main:
-        _atomic_write_text(out / "results.json", json.dumps(results, indent=1))
+        write_text_atomic(out / "results.json", json.dumps(results, indent=1))
     return results

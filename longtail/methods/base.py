@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from ..config import parse_params
-from ..errors import CheckpointError, ConfigError
-from ..models.classifier import build_classifier
+from ..errors import ConfigError
+from ..models.classifier import build_classifier, load_fitting
 
 
 @dataclass
@@ -89,16 +89,8 @@ class Method:
         """Start from an earlier stage's weights (``init: <stage>``); only this stage's adjusters may be new."""
         state = {k: v for k, v in state.items() if not k.startswith("aux.")}  # training-only parts stay behind
         source = self.ctx.artifacts.get(self.stage.init, self.stage.init)
-        try:
-            missing, unexpected = model.load_state_dict(state, strict=False)
-        except RuntimeError as e:  # a tensor of another shape: another backbone width or number of classes
-            sizes = [l.strip() for l in str(e).splitlines() if "size mismatch" in l]
-            raise CheckpointError(f"stage {self.stage.name}: the weights of stage {self.stage.init!r} ({source}) do not fit "
-                                  f"this model: {(sizes or [str(e).strip().splitlines()[-1]])[0][:200]}") from None
-        bad = [k for k in missing if not k.startswith(("adjust.", "aux."))] + list(unexpected)
-        if bad:
-            raise CheckpointError(f"stage {self.stage.name}: the weights of stage {self.stage.init!r} ({source}) do not fit this "
-                                  f"model ({', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''})")
+        load_fitting(model, state, f"stage {self.stage.name}: the weights of stage {self.stage.init!r} ({source}) do not fit this model",
+                     may_be_new=("adjust.", "aux."))
 
     def frozen_parts(self, model: nn.Module) -> list[nn.Module]:
         return {

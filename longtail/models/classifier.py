@@ -61,19 +61,22 @@ def exported_state(model: nn.Module) -> dict:
     return {k: v for k, v in model.state_dict().items() if not k.startswith("aux.")}
 
 
-def load_exported(model: nn.Module, state: dict, where=None) -> None:
-    """Load an exported state: strict, except that training-only ``aux`` parts may be absent.
-
-    ``where`` (the checkpoint's path) is named in the error when the state does not fit.
-    """
+def load_fitting(model: nn.Module, state: dict, misfit: str, may_be_new: tuple[str, ...] = ("aux.",)) -> None:
+    """Load ``state`` strictly, except that parts under ``may_be_new`` may be absent from it. A state that
+    does not fit (other keys, or tensors of another shape: another width or number of classes) is a
+    :class:`CheckpointError`: ``misfit`` (which names where the state came from), then the first misfits."""
     from ..errors import CheckpointError
 
-    what = f"checkpoint {where}" if where is not None else "the checkpoint"
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError as e:  # a tensor of another shape: another backbone width or number of classes
+    except RuntimeError as e:
         sizes = [l.strip() for l in str(e).splitlines() if "size mismatch" in l]
-        raise CheckpointError(f"{what} does not fit this model: {(sizes or [str(e).strip().splitlines()[-1]])[0][:200]}") from None
-    bad = [k for k in missing if not k.startswith("aux.")] + list(unexpected)
+        raise CheckpointError(f"{misfit}: {(sizes or [str(e).strip().splitlines()[-1]])[0][:200]}") from None
+    bad = [k for k in missing if not k.startswith(may_be_new)] + list(unexpected)
     if bad:
-        raise CheckpointError(f"{what} does not fit this model: {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}")
+        raise CheckpointError(f"{misfit}: {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}")
+
+
+def load_exported(model: nn.Module, state: dict, where=None) -> None:
+    """Load an exported state: strict, except that training-only ``aux`` parts may be absent."""
+    load_fitting(model, state, f"{f'checkpoint {where}' if where is not None else 'the checkpoint'} does not fit this model")
