@@ -95,7 +95,9 @@ class OptimConfig:
 @dataclass
 class ScheduleConfig:
     kind: str = choice("multistep", "cosine", "constant")
-    warmup_epochs: float = 0.0  # linear warm-up from 0 to lr, per step
+    warmup_epochs: float = 0.0  # linear warm-up to lr over this many epochs
+    warmup_from: float = 0.0  # the warm-up's first lr, as a fraction of lr (BBN: 1/3)
+    warmup_by: str = choice("step", "epoch")  # lr rises every step (LDAM) | once per epoch (BBN's WarmupMultiStepLR)
     milestones: list[float] = field(default_factory=list)  # multistep: epochs at which lr *= gamma
     gamma: float = 0.1
     final_lr: float = 0.0  # cosine: the lr it decays to
@@ -118,7 +120,7 @@ class StageConfig:
     augment: Any = "cifar"  # a preset name or a list of ops
     eval_augment: Any = "eval"
     select: str = choice("last", "best_val")  # selection uses the validation split only
-    seed: int | None = None  # this stage's seed (e.g. CBD teachers of one type); None: runtime.seed
+    seed: int | None = None  # seed of this stage's fresh weights (e.g. CBD teachers of one type); None: from (runtime.seed, stage name)
     params: dict = field(default_factory=dict)  # the method's own options, checked by the method
 
 

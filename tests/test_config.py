@@ -79,6 +79,34 @@ def test_lr_schedule_warmup_multistep_cosine():
     assert lr_at(100, 100, 10, 0.2, cos) == pytest.approx(0.0)
 
 
+def test_bbn_warmup_from_a_third_per_epoch_then_x001_at_120_and_160():
+    # BBN's WarmupMultiStepLR: lr * (1/3 + 2/3 * e/5) in epoch e < 5, constant within an epoch.
+    bbn = ScheduleConfig(kind="multistep", warmup_epochs=5, warmup_from=1 / 3, warmup_by="epoch", milestones=[120, 160], gamma=0.01)
+    spe, total = 10, 2000
+    for e, f in [(0, 1 / 3), (1, 1 / 3 + 2 / 15), (4, 1 / 3 + 8 / 15)]:
+        assert lr_at(e * spe, total, spe, 0.1, bbn) == pytest.approx(0.1 * f)
+        assert lr_at(e * spe + 9, total, spe, 0.1, bbn) == pytest.approx(0.1 * f)  # set once per epoch
+    assert lr_at(5 * spe, total, spe, 0.1, bbn) == pytest.approx(0.1)
+    assert lr_at(120 * spe - 1, total, spe, 0.1, bbn) == pytest.approx(0.1)
+    assert lr_at(120 * spe, total, spe, 0.1, bbn) == pytest.approx(1e-3)
+    assert lr_at(160 * spe, total, spe, 0.1, bbn) == pytest.approx(1e-5)
+    per_step = ScheduleConfig(kind="multistep", warmup_epochs=2, warmup_from=0.5)
+    assert lr_at(0, 100, 10, 1.0, per_step) == pytest.approx(0.5 + 0.5 / 20)
+
+
+def test_ssd_stages_1_and_3_follow_bbn_and_the_baselines_ldam():
+    ssd = load_recipe("cifar100-lt/ssd")
+    for name in ("stage1", "stage3"):
+        s = ssd.stage(name)
+        assert (s.optim.nesterov, s.schedule.milestones, s.schedule.gamma) == (True, [120, 160], 0.01)
+        assert (s.schedule.warmup_epochs, s.schedule.warmup_by, s.schedule.warmup_from) == (5, "epoch", pytest.approx(1 / 3))
+    ce = load_recipe("cifar100-lt/ce").stage("ce")
+    assert (ce.optim.nesterov, ce.schedule.milestones, ce.schedule.warmup_from) == (False, [160, 180], 0.0)
+    bbn = load_recipe("cifar100-lt/decoupling").stage("ce_bbn")
+    assert (bbn.init, bbn.optim.nesterov, bbn.schedule.milestones) == ("fresh", True, [120, 160])
+    assert load_recipe("cifar100-lt/ce_bbn").stages[0].schedule == ssd.stage("stage1").schedule
+
+
 def test_method_params_are_checked_by_name():
     from longtail.config import parse_params
     from longtail.methods.ssd import DistillParams

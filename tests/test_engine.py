@@ -184,7 +184,7 @@ def test_file_backed_folder_dataset_trains_with_prefetch(tmp_path):
         for i in range(n):
             px = np.clip(colour + rng.normal(0, 25, (16, 16, 3)), 0, 255).astype(np.uint8)
             Image.fromarray(px).save(root / f"class{c}" / f"{i:03d}.png")
-    recipe = tiny_recipe(epochs=2)
+    recipe = tiny_recipe(epochs=6)
     recipe.data.dataset, recipe.data.image_root, recipe.data.image_size = "folder", str(root), 16
     data = build_data(recipe.data, tmp_path)
     assert not isinstance(data.train.store, type(synthetic_bundle().train.store))  # file-backed
@@ -201,8 +201,9 @@ def test_file_backed_folder_dataset_trains_with_prefetch(tmp_path):
         res = run_recipe(recipe, tmp_path / "run", data=data)
     finally:
         Feeder._load = original
-    assert sum(loads) == len(loads) - 2  # every step but each epoch's first came from the prefetch
-    assert res["final"]["num_images"] == len(data.test) and res["final"]["top1"] > 25
+    assert sum(loads) == len(loads) - 6  # every step but each epoch's first came from the prefetch
+    # One colour per class: the trained model must beat always answering the largest class (3 of 9).
+    assert res["final"]["num_images"] == len(data.test) and res["final"]["top1"] > 100 * 3 / 9 + 1
 
 
 def test_divergence_is_a_clear_error_and_keeps_checkpoints(data, tmp_path):

@@ -66,18 +66,22 @@ def test_lws_scales_multiply_whole_logit_bias_included(data):
         assert torch.allclose(model(x)["main"], s * (v @ fc.weight.t() + fc.bias), atol=1e-5)
 
 
-def test_tau_norm_zero_is_plain_and_one_normalises_rows(data):
+def test_tau_norm_drops_the_bias_and_normalises_rows(data):
+    # The official Decoupling scoring: (w_c / ||w_c||^tau) . v, with no bias, by hand.
     _, model, _ = built(data, "tau_norm", "ce", "tau_norm")
     x = torch.randn(4, 3, 16, 16)
     with torch.no_grad():
-        v = model.features(x)
         fc = model.heads["main"].fc
-        plain = v @ fc.weight.t() + fc.bias
+        fc.bias.copy_(torch.linspace(-3, 3, 6))  # a large bias, so keeping it would show
+        v = model.features(x)
         model.adjust["main"].tau.fill_(0.0)
-        assert torch.allclose(model(x)["main"], plain, atol=1e-5)
-        model.adjust["main"].tau.fill_(1.0)
-        w = fc.weight / fc.weight.norm(dim=1, keepdim=True)
-        assert torch.allclose(model(x)["main"], v @ w.t() + fc.bias, atol=1e-5)
+        assert torch.allclose(model(x)["main"], v @ fc.weight.t(), atol=1e-5)
+        assert not torch.allclose(model(x)["main"], v @ fc.weight.t() + fc.bias, atol=1e-2)
+        for tau in (0.5, 1.0, 1.7):
+            model.adjust["main"].tau.fill_(tau)
+            norms = torch.sqrt((fc.weight ** 2).sum(dim=1))
+            by_hand = torch.stack([(v * (fc.weight[c] / norms[c] ** tau)).sum(dim=1) for c in range(6)], dim=1)
+            assert torch.allclose(model(x)["main"], by_hand, atol=1e-5)
 
 
 def test_posthoc_logit_adjustment_tau_zero_changes_nothing(data):

@@ -159,3 +159,31 @@ def test_moco_stage_runs_and_moves_the_key_encoder(data, tmp_path):
     assert not torch.equal(st["aux.moco.k_encoder.0.conv1.weight"], fresh.state_dict()["aux.moco.k_encoder.0.conv1.weight"])
     assert '"ssl"' in (tmp_path / "stage1" / "metrics.jsonl").read_text()
     assert res["final"]["top1"] >= 0
+
+
+def test_fresh_stages_get_their_own_init_seed_so_students_differ_from_teachers(data):
+    from longtail.engine.loop import build_stage_model, init_seed
+
+    r = ssd_recipe()
+    seeds = {s: init_seed(r.runtime.seed, r.stage(s)) for s in ("stage1", "stage3")}
+    assert seeds["stage1"] != seeds["stage3"]
+    assert init_seed(r.runtime.seed, r.stage("stage3")) == seeds["stage3"]  # a pure function: resume rebuilds the same weights
+
+    def first_weights(stage):  # the backbone as train_stage builds it for that stage (stage1's method: no teacher needed)
+        ctx = StageContext(r, r.stage("stage1"), data, setup_runtime(r.runtime))
+        m = get_method(ctx.stage.method)(ctx)
+        return build_stage_model(m, ctx, init_seed(r.runtime.seed, r.stage(stage))).backbone.state_dict()
+
+    w1, w3 = first_weights("stage1"), first_weights("stage3")
+    conv = [k for k in w1 if k.endswith("conv1.weight")][0]
+    assert w1[conv].shape == w3[conv].shape and not torch.allclose(w1[conv], w3[conv])
+    assert torch.equal(first_weights("stage3")[conv], w3[conv])
+
+
+def test_cbd_student_starts_from_other_weights_than_its_teacher(data):
+    from longtail.engine.loop import init_seed
+    from test_cbd import cbd_recipe
+
+    r = cbd_recipe()
+    assert init_seed(0, r.stage("t_std")) == 0  # an explicit stage seed is kept
+    assert init_seed(0, r.stage("cbd")) not in (0, 1)

@@ -8,6 +8,7 @@ resumed at any checkpoint replays exactly what an uninterrupted run does.
 """
 from __future__ import annotations
 
+import platform
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from ..report.record import save_record, stage_record
 from .checkpoint import load_checkpoint, save_atomic
 from .evaluate import accuracy_metrics, predict_logits
 from .optim import build_optimizer, lr_at
-from .progress import MetricLogger, ProgressBar
+from .progress import MetricLogger, ProgressBar, read_segments
 from .runtime import Runtime, derive_seed, step_generator
 
 LOG_EVERY = 25  # steps between loss read-backs: each one is a device sync
@@ -46,6 +47,7 @@ class StageContext:
     runtime: Runtime
     artifacts: dict[str, Path] = field(default_factory=dict)  # stage name -> final checkpoint
     out_dir: Path | None = None  # this stage's folder, for figures
+    commit: str | None = None  # the code this segment runs, for the stage's segment log
 
     @property
     def num_classes(self) -> int:
@@ -154,6 +156,17 @@ def score_logits(ctx: StageContext, logits: torch.Tensor, split: ImageSet) -> di
     return accuracy_metrics(logits, split.labels, ctx.train_counts, d.many_threshold, d.few_threshold)
 
 
+def init_seed(run_seed: int, stage: StageConfig) -> int:
+    """The seed of a stage's fresh weights: its own ``seed``, else one derived from (run seed, stage name).
+
+    Derived per stage because both papers re-initialise their students: a student seeded like its
+    teacher (SSD stage III after stage I, CBD after its teacher) would start from the same weights.
+    """
+    if stage.seed is not None:
+        return stage.seed
+    return derive_seed(run_seed, "init", stage.name) & 0x7FFFFFFF
+
+
 def build_stage_model(method: Method, ctx: StageContext, seed: int) -> nn.Module:
     """The stage's model on its device: fresh (seeded), from an earlier stage or pretrained; then ``method.prepare``."""
     torch.manual_seed(seed)  # fresh weights depend on the seed only
@@ -167,6 +180,11 @@ def build_stage_model(method: Method, ctx: StageContext, seed: int) -> nn.Module
     if ctx.runtime.channels_last:
         model.to(memory_format=torch.channels_last)
     return model
+
+
+def log_segment(logger: MetricLogger, ctx: StageContext, gstep: int) -> None:
+    """Mark a start or resume in metrics.jsonl, so each segment's code, host and time stay on record."""
+    logger.log(gstep, {"event": "segment", "commit": ctx.commit, "host": platform.node()})
 
 
 def train_step(method: Method, model: nn.Module, batch: dict[str, Batch], g: torch.Generator,
@@ -184,13 +202,14 @@ def train_step(method: Method, model: nn.Module, batch: dict[str, Batch], g: tor
 def train_stage(ctx: StageContext, stage_dir: Path, resume: bool = False) -> dict:
     """Train one stage to completion; return its metrics (and write ``final.pt``)."""
     rt, stage = ctx.runtime, ctx.stage
-    seed = ctx.recipe.runtime.seed if stage.seed is None else stage.seed
+    seed = ctx.recipe.runtime.seed if stage.seed is None else stage.seed  # sampling and augmentation streams
     method = get_method(stage.method)(ctx)
-    model = build_stage_model(method, ctx, seed)
+    model = build_stage_model(method, ctx, init_seed(ctx.recipe.runtime.seed, stage))
     if method.train_scope == "none":  # post-hoc: tau-norm, NCM, logit adjustment
+        logger = MetricLogger(stage_dir / "metrics.jsonl" if rt.is_main else None, False)
+        log_segment(logger, ctx, 0)
         fitted = method.fit(model) if rt.is_main else {}
-        metrics = finish_stage(method, model, ctx, stage_dir, [], MetricLogger(stage_dir / "metrics.jsonl" if rt.is_main else None, False),
-                               0.0, 0, fitted) if rt.is_main else {}
+        metrics = finish_stage(method, model, ctx, stage_dir, [], logger, 0.0, 0, fitted) if rt.is_main else {}
         rt.barrier()
         return metrics
     optimizer = build_optimizer(method.parameters(model), stage.optim)
@@ -243,6 +262,8 @@ def train_stage(ctx: StageContext, stage_dir: Path, resume: bool = False) -> dic
     bar = ProgressBar(total_steps, f"[{stage.name}]", start=epoch * steps_per_epoch + step,
                       enabled=ctx.recipe.runtime.progress and rt.is_main)
     every = ctx.recipe.runtime.checkpoint_every
+    log_segment(logger, ctx, epoch * steps_per_epoch + step)
+    start_step = epoch * steps_per_epoch + step
     t_start = time.perf_counter()
     while epoch < stage.epochs:
         plans = {name: s.plan(epoch) for name, s in samplers.items()}
@@ -286,14 +307,18 @@ def train_stage(ctx: StageContext, stage_dir: Path, resume: bool = False) -> dic
     bar.close()
     train_time = time.perf_counter() - t_start
 
-    metrics = finish_stage(method, model, ctx, stage_dir, history, logger, train_time, total_steps) if rt.is_main else {}
+    # This segment's own rate, training steps only: what a full run sustains, beside bench's bursts.
+    rate = (total_steps - start_step) * stage.batch_size / train_time if train_time > 0 and total_steps > start_step else None
+    metrics = finish_stage(method, model, ctx, stage_dir, history, logger, train_time, total_steps,
+                           img_per_s=rate) if rt.is_main else {}
     logger.close()
     rt.barrier()
     return metrics
 
 
 def finish_stage(method: Method, model: nn.Module, ctx: StageContext, stage_dir: Path, history: list,
-                 logger: MetricLogger, train_time: float, total_steps: int, fitted: dict | None = None) -> dict:
+                 logger: MetricLogger, train_time: float, total_steps: int, fitted: dict | None = None,
+                 img_per_s: float | None = None) -> dict:
     """Pick the weights to report (last epoch, or best on validation), score them, write ``final.pt``."""
     stage = ctx.stage
     val = evaluate_split(method, model, ctx, ctx.data.val) if ctx.data.val is not None and len(ctx.data.val) else None
@@ -311,9 +336,14 @@ def finish_stage(method: Method, model: nn.Module, ctx: StageContext, stage_dir:
     save_record(stage_dir, stage_record(method, model, ctx, test_logits))
     extra = method.report(model)
     metrics = {**test, "val": {k: v for k, v in val.items() if k != "per_class"} if val else None,
-               "selected": chosen, "train_seconds": round(train_time, 2), "epochs": stage.epochs, "steps": total_steps,
+               "selected": chosen,
+               "init_seed": init_seed(ctx.recipe.runtime.seed, stage) if stage.init == "fresh" else None, "train_seconds": round(train_time, 2), "epochs": stage.epochs, "steps": total_steps,
                **({"fit": fitted} if fitted else {}), **({"report": extra} if extra else {})}
     logger.log(total_steps, {"epoch": stage.epochs, **{f"test_{k}": test[k] for k in ("top1", "many", "medium", "few")}})
+    segments = read_segments(stage_dir / "metrics.jsonl")
+    metrics["segments"] = segments  # every start and resume: its commit, times and steps
+    metrics["wall_seconds_total"] = round(sum(s["wall_seconds"] for s in segments), 2)
+    metrics["train_img_per_s_last_segment"] = round(img_per_s, 1) if img_per_s else None
     save_atomic({"kind": "final", "stage": stage.name, "method": stage.method, "model": exported_state(model),
                  "recipe": ctx.recipe.to_dict(), "metrics": metrics}, stage_dir / "final.pt")
     return metrics

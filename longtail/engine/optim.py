@@ -21,7 +21,9 @@ def lr_at(step: int, total_steps: int, steps_per_epoch: int, base_lr: float, cfg
     """
     warmup = round(cfg.warmup_epochs * steps_per_epoch)
     if step < warmup:
-        return base_lr * (step + 1) / warmup
+        if cfg.warmup_by == "epoch":  # BBN: lr * (f0 + (1 - f0) * e / E) through epoch e < E
+            return base_lr * (cfg.warmup_from + (1 - cfg.warmup_from) * (step // steps_per_epoch) / cfg.warmup_epochs)
+        return base_lr * (cfg.warmup_from + (1 - cfg.warmup_from) * (step + 1) / warmup)
     if cfg.kind == "multistep":
         passed = sum(step >= round(m * steps_per_epoch) for m in cfg.milestones)
         return base_lr * cfg.gamma ** passed

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import subprocess
 import time
 from pathlib import Path
 
@@ -30,30 +29,18 @@ from ..config import Recipe, from_dict, stage_refs
 from ..data.images import DataBundle
 from ..errors import ConfigError
 from .checkpoint import load_checkpoint, remove_stale_temps, write_text_atomic
-from .loop import StageContext, train_stage
-from .runtime import Runtime, setup_runtime
-
-
-def git_commit() -> str | None:
-    try:
-        root = Path(__file__).resolve().parents[2]
-        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-        if out.returncode != 0:
-            return None
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-        return out.stdout.strip() + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
+from .loop import StageContext, init_seed, train_stage
+from .runtime import Runtime, git_commit, setup_runtime
 
 
 def provenance(recipe: Recipe, rt: Runtime, wall: float, data_source: dict, commit: str | None) -> dict:
     return {
         "recipe": recipe.name,
         "config_hash": recipe.hash(),
-        "commit": commit,  # taken when the run started
+        "commit": commit,  # taken when this segment (the last start or --resume) began
         "longtail": __version__,
         "seed": recipe.runtime.seed,
+        "init_seeds": {s.name: init_seed(recipe.runtime.seed, s) for s in recipe.stages if s.init == "fresh"},
         "device": rt.describe(),
         "torch": torch.__version__,
         "python": platform.python_version(),
@@ -132,7 +119,7 @@ def run_recipe(recipe: Recipe, out: str | Path, data_root: str | None = None, re
     for stage in recipe.stages:
         stage_dir = out / stage.name
         final = stage_dir / "final.pt"
-        ctx = StageContext(recipe, stage, data, rt, dict(artifacts), stage_dir)
+        ctx = StageContext(recipe, stage, data, rt, dict(artifacts), stage_dir, commit)
         if final.exists():  # finished before a crash or an earlier run
             stages[stage.name] = load_checkpoint(final)["metrics"]
         else:
@@ -145,6 +132,9 @@ def run_recipe(recipe: Recipe, out: str | Path, data_root: str | None = None, re
         "stages": stages,
         "provenance": provenance(recipe, rt, time.perf_counter() - t0, data.source, commit),
     }
+    # Over every segment of every stage, so a run resumed ten times reports its whole cost.
+    results["provenance"]["wall_seconds_total"] = round(sum(m.get("wall_seconds_total") or 0 for m in stages.values()), 2)
+    results["provenance"]["segments"] = sum(len(m.get("segments") or []) for m in stages.values())
     if rt.is_main:
         write_text_atomic(out / "results.json", json.dumps(results, indent=1))
     return results

@@ -88,3 +88,28 @@ class MetricLogger:
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+
+
+def read_segments(path: Path) -> list[dict]:
+    """The segments of a stage's ``metrics.jsonl``: one per start or ``--resume``, each from its
+    ``segment`` event to the last line before the next one (a kill loses only the unlogged tail)."""
+    segments: list[dict] = []
+    if not path.exists():
+        return segments
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:  # a line cut by a kill mid-write
+            continue
+        if rec.get("event") == "segment":
+            segments.append({"commit": rec.get("commit"), "host": rec.get("host"), "start": rec["time"], "end": rec["time"],
+                             "start_step": rec["step"], "end_step": rec["step"]})
+        elif segments:
+            segments[-1]["end"] = rec["time"]
+            segments[-1]["end_step"] = max(segments[-1]["end_step"], rec["step"])
+    for seg in segments:
+        seg["wall_seconds"] = round(seg["end"] - seg["start"], 2)
+        seg["steps"] = seg["end_step"] - seg["start_step"]
+        for k in ("start", "end"):
+            seg[k] = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(seg[k]))
+    return segments

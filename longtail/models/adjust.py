@@ -24,7 +24,11 @@ class LWSScale(nn.Module):
 
 
 class TauNorm(nn.Module):
-    """tau-normalised classifier: w_c / ||w_c||^tau; tau = 0 is the plain head."""
+    """tau-normalised classifier: z_c = (w_c / ||w_c||^tau) . v, no bias.
+
+    The official Decoupling code scores tau-norm without the bias: a bias learned on imbalanced data
+    would partly undo the balancing. So tau = 0 is the plain head less its bias.
+    """
 
     def __init__(self, tau: float = 0.0):
         super().__init__()
@@ -33,7 +37,7 @@ class TauNorm(nn.Module):
     def forward(self, logits, feat, head):
         fc = head.fc
         w = fc.weight / fc.weight.norm(dim=1, keepdim=True).pow(self.tau)
-        return F.linear(feat, w.to(feat.dtype), None if fc.bias is None else fc.bias.to(feat.dtype))
+        return F.linear(feat, w.to(feat.dtype))
 
 
 class LogitAdjust(nn.Module):
