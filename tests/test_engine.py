@@ -92,6 +92,12 @@ def test_resume_after_crash_mid_epoch_is_exact(uninterrupted, data, tmp_path):
     a = load_checkpoint(full_out / "ce" / "final.pt")["model"]
     b = load_checkpoint(tmp_path / "ce" / "final.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # The crash and the resume are two segments in the record: the second starts at the checkpoint's step.
+    segs = res["stages"]["ce"]["segments"]
+    assert [s["start_step"] for s in segs] == [0, steps_per_epoch + 4]
+    assert segs[1]["end_step"] == 4 * steps_per_epoch and segs[1]["steps"] == 3 * steps_per_epoch - 4
+    assert res["stages"]["ce"]["wall_seconds_total"] == pytest.approx(sum(s["wall_seconds"] for s in segs), abs=0.02)
+    assert res["provenance"]["segments"] == 2
 
 
 def test_resume_with_an_edited_stage_retrains_it_and_keeps_the_old(uninterrupted, data, tmp_path):
@@ -213,3 +219,19 @@ def test_divergence_is_a_clear_error_and_keeps_checkpoints(data, tmp_path):
     with pytest.raises(TrainingError, match=r"stage ce: the loss diverged .* lower stages.ce.optim.lr"):
         run_recipe(recipe, tmp_path, data=data)
     assert (tmp_path / "recipe.yaml").exists()
+
+
+def test_read_segments_splits_at_each_start_and_sums_from_the_lines_between(tmp_path):
+    import json
+
+    from longtail.engine.progress import read_segments
+
+    lines = [{"step": 0, "time": 100.0, "event": "segment", "commit": "aaa", "host": "h"},
+             {"step": 10, "time": 110.0, "loss": 1.0}, {"step": 20, "time": 130.0, "loss": 0.9},
+             {"step": 16, "time": 500.0, "event": "segment", "commit": "bbb", "host": "h"},
+             {"step": 40, "time": 560.5, "loss": 0.5}]
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("\n".join(json.dumps(x) for x in lines) + "\n{\"step\": 4")  # a line cut by a kill
+    segs = read_segments(path)
+    assert [(s["commit"], s["start_step"], s["end_step"], s["steps"], s["wall_seconds"]) for s in segs] == [
+        ("aaa", 0, 20, 20, 30.0), ("bbb", 16, 40, 24, 60.5)]
