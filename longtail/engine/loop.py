@@ -262,8 +262,8 @@ def train_stage(ctx: StageContext, stage_dir: Path, resume: bool = False) -> dic
     bar = ProgressBar(total_steps, f"[{stage.name}]", start=epoch * steps_per_epoch + step,
                       enabled=ctx.recipe.runtime.progress and rt.is_main)
     every = ctx.recipe.runtime.checkpoint_every
-    log_segment(logger, ctx, epoch * steps_per_epoch + step)
     start_step = epoch * steps_per_epoch + step
+    log_segment(logger, ctx, start_step)
     t_start = time.perf_counter()
     while epoch < stage.epochs:
         plans = {name: s.plan(epoch) for name, s in samplers.items()}
