@@ -48,6 +48,35 @@ def cmd_stats(args) -> int:
     return 0
 
 
+def cmd_cache(args) -> int:
+    from .config import DataConfig, Recipe, load_recipe, validate
+    from .data.build import build_data, resolve_data_root
+    from .data.filestore import build_caches
+
+    overrides = ["data.cache=true", *(args.set or [])]
+    if "/" in args.dataset or args.dataset.endswith((".yaml", ".yml")):  # a recipe: its data section
+        cfg = load_recipe(args.dataset, overrides).data
+    else:
+        from .config import apply_override, from_dict, parse_override
+
+        raw = {"data": {"dataset": args.dataset}}
+        for item in overrides:
+            keys, value = parse_override(item)
+            apply_override(raw, keys, value, item.split("=", 1)[0])
+        recipe = from_dict(Recipe, raw)
+        validate(recipe)
+        cfg = recipe.data
+    if not isinstance(cfg, DataConfig) or cfg.dataset.startswith(("cifar", "synthetic")):
+        print(f"{cfg.dataset} is held in memory: there is nothing to cache", file=sys.stderr)
+        return 0
+    built = build_caches(build_data(cfg, resolve_data_root(args.data_root, cfg.root)), progress=True)
+    total = sum(m["bytes"] for m in built.values())
+    for split, m in built.items():
+        print(f"{split}: {m['count']} images, {m['bytes'] / 1e9:.2f} GB ({m['bytes'] / max(1, m['count']) / 1e3:.1f} KB each) in {m['dir']}")
+    print(f"total {total / 1e9:.2f} GB")
+    return 0
+
+
 def cmd_train(args) -> int:
     from .config import load_recipe
     from .engine.pipeline import run_recipe
@@ -99,6 +128,13 @@ def cmd_bench_throughput(args) -> int:
     return 0
 
 
+def cmd_bench_data(args) -> int:
+    from .bench.data import bench_data
+
+    bench_data(args)
+    return 0
+
+
 def _csv(kind):
     return lambda text: [kind(v) for v in text.split(",") if v.strip()]
 
@@ -136,6 +172,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data-root")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_stats)
+    c = dsub.add_parser("cache", help="build the JPEG cache of a file dataset's images (resumable; training reads it)")
+    c.add_argument("dataset", help="imagenet-lt, places-lt, inat2018, inat2017, folder, or a recipe whose data to cache")
+    c.add_argument("--data-root")
+    c.add_argument("--set", action="append", metavar="data.KEY=VALUE", help="e.g. data.image_root=/imgs or data.cache_dir=/fast")
+    c.set_defaults(func=cmd_cache)
 
     rp = sub.add_parser("report", help="HTML + markdown report with plots for one or more finished runs")
     rp.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders (each with results.json)")
@@ -169,6 +210,18 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--batch", type=int, help=argparse.SUPPRESS)  # tests: smaller batches (default 128)
     bt.add_argument("--synthetic", action="store_true", help=argparse.SUPPRESS)  # tests: a tiny synthetic set, no archive
     bt.set_defaults(func=cmd_bench_throughput)
+
+    bd = bsub.add_parser("data", help="file-image pipeline img/s: each decoder, the cache, crops; against the model alone")
+    bd.add_argument("--folder", help="a JPEG folder root/<class>/<images> (default: generate one)")
+    bd.add_argument("--generate", type=int, default=1024, help="images to generate without --folder (500x375 JPEGs)")
+    bd.add_argument("--images", type=int, default=1024, help="images measured")
+    bd.add_argument("--recipe", default="imagenet-lt/ce", help="whose transforms and model (default imagenet-lt/ce)")
+    bd.add_argument("--steps", type=int, default=3, help="timed model-alone steps")
+    bd.add_argument("--batch", type=int, default=32, help="model-alone batch size (default 32)")
+    bd.add_argument("--data-root", help="where the split lists are, to count the images the cache budget covers")
+    bd.add_argument("--device")
+    bd.add_argument("--results", default="results", help="folder for bench-data-<device>.json")
+    bd.set_defaults(func=cmd_bench_data)
 
     r = sub.add_parser("recipes", help="list the recipes")
     r.set_defaults(func=cmd_recipes)

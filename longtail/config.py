@@ -64,8 +64,12 @@ class DataConfig:
     train_split: str | None = None  # split-file datasets: paths of the split lists (default names otherwise)
     val_split: str | None = None
     test_split: str | None = None
-    image_size: int = 0  # decode size for file datasets (0: the dataset's default)
-    cache: bool = False  # keep a memory-mapped uint8 cache of decoded file images
+    image_size: int = 0  # file datasets: the stored shorter side, aspect kept (0: 256)
+    crop_size: int = 0  # file datasets: the model's input side, cut by the first augmentation op (0: 224, or image_size if smaller)
+    decoder: str = choice("auto", "simplejpeg", "turbojpeg", "pillow")  # file datasets: JPEG decoder (auto: the fastest installed)
+    cache: bool = False  # file datasets: build a JPEG cache of every image at image_size once (`longtail data cache`), read it after
+    cache_dir: str | None = None  # where the cache lives (default: the user cache, images/)
+    cache_quality: int = 85  # JPEG quality of the cache (85 keeps ImageNet-LT within 6 GB: results/bench-data-cpu.json)
     many_threshold: int = 100  # many-shot: n_c > many_threshold
     few_threshold: int = 20  # few-shot: n_c < few_threshold
     on_device: bool = True  # hold tensor datasets on the training device
@@ -227,6 +231,13 @@ def _coerce(value, tp, key: str):
         # Stages are named in messages by their name, as --set addresses them.
         label = lambda i, v: v["name"] if dataclasses.is_dataclass(item) and isinstance(v, dict) and "name" in v else i  # noqa: E731
         return [_coerce(v, item, f"{key}.{label(i, v)}") for i, v in enumerate(value)]
+    if origin is tuple:  # tuple[float, float] (a fixed length) or tuple[float, ...]
+        args = typing.get_args(tp)
+        items = (args[0],) * len(value) if len(args) == 2 and args[1] is Ellipsis and isinstance(value, (list, tuple)) else args
+        if not isinstance(value, (list, tuple)) or len(value) != len(items) or not items:
+            what = f"{len(args)} values" if Ellipsis not in args else "a non-empty list"
+            raise ConfigError(f"{key}: expected {what} [..], got {value!r}")
+        return tuple(_coerce(v, t, f"{key}[{i}]") for i, (v, t) in enumerate(zip(value, items)))
     if tp is dict or origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
@@ -457,6 +468,11 @@ def validate(recipe: Recipe) -> None:
         raise ConfigError(f"data.imbalance must be >= 1, got {recipe.data.imbalance:g}")
     if recipe.data.few_threshold > recipe.data.many_threshold:
         raise ConfigError("data.few_threshold must not exceed data.many_threshold")
+    for key in ("image_size", "crop_size"):
+        if getattr(recipe.data, key) < 0:
+            raise ConfigError(f"data.{key} must be >= 0 (0: the dataset's default), got {getattr(recipe.data, key)}")
+    if not 1 <= recipe.data.cache_quality <= 100:
+        raise ConfigError(f"data.cache_quality must be a JPEG quality in 1..100, got {recipe.data.cache_quality}")
 
 
 def load_recipe(name_or_path: str, overrides: list[str] = (), epochs_scale: float | None = None) -> Recipe:

@@ -17,7 +17,8 @@ if ! "$VPY" -c "import numpy, yaml, PIL, pytest, matplotlib, hypothesis" 2>/dev/
 fi
 # Optional extras, as import-name:package; longtail works without them, so a failed install only warns.
 # scikit-learn: t-SNE in `longtail report` (PCA otherwise); the tests exercise it.
-for pair in sklearn:scikit-learn; do
+# simplejpeg: the fastest JPEG decoder for ImageNet-scale folders (Pillow otherwise), a wheel with its own libjpeg-turbo.
+for pair in sklearn:scikit-learn simplejpeg:simplejpeg; do
   "$VPY" -c "import ${pair%%:*}" 2>/dev/null || "$VPY" -m pip install -q -c constraints.txt "${pair#*:}" \
     || echo "install.sh: optional package ${pair#*:} not installed" >&2
 done

@@ -6,11 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from longtail.config import DataConfig
-from longtail.data import build, splitfile
+from longtail.data import build, filestore, splitfile
 from longtail.data.splitfile import FileStore, load_split_dataset, read_split
 from longtail.errors import ConfigError, DataError
 
@@ -98,13 +97,16 @@ def test_filestore_decodes_real_list_paths(shared_data, tmp_path):
     write_image(tmp_path / rel[3], np.random.RandomState(0).randint(0, 256, (300, 200, 3)).astype(np.uint8), "JPEG")
 
     store = FileStore(tmp_path, rel, size=16, threads=2)
-    batch = store.load(np.arange(4))
-    assert batch.shape == (4, 3, 16, 16) and batch.dtype == torch.uint8 and len(store) == 4
-    assert (batch[0, 0] == 255).all() and (batch[0, 1:] == 0).all()
-    # 64x32 -> 32x16, centre crop columns 8..24: black left of column 8, white from 8 on
-    assert (batch[1, :, :, :7] == 0).all() and (batch[1, :, :, 9:] == 255).all()
-    assert (batch[2] - 128).abs().max() <= 2 and torch.equal(batch[2, 0], batch[2, 1])
-    assert torch.equal(store.load([3, 0]), batch[[3, 0]])
+    batch = store.load(np.arange(4)).images
+    # shorter side to 16, aspect kept (torchvision Resize(16) sizes), nothing cropped
+    assert [a.shape for a in batch] == [(16, 24, 3), (16, 32, 3), (20, 16, 3), (24, 16, 3)] and len(store) == 4
+    assert all(a.dtype == np.uint8 for a in batch)
+    assert (batch[0][..., 0] == 255).all() and (batch[0][..., 1:] == 0).all()
+    # 64x32 -> 32x16: black left of column 16, white right of it
+    assert (batch[1][:, :15] == 0).all() and (batch[1][:, 17:] == 255).all()
+    assert np.abs(batch[2].astype(int) - 128).max() <= 2 and np.array_equal(batch[2][..., 0], batch[2][..., 1])
+    again = store.load([3, 0]).images
+    assert np.array_equal(again[0], batch[3]) and np.array_equal(again[1], batch[0])
 
 
 def test_missing_and_corrupt_images(tmp_path):
@@ -114,7 +116,7 @@ def test_missing_and_corrupt_images(tmp_path):
     write_image(good, np.random.RandomState(1).randint(0, 256, (64, 64, 3)).astype(np.uint8), "JPEG")
     (tmp_path / "cut.jpg").write_bytes(good.read_bytes()[:300])
     store = FileStore(tmp_path, ["ok.png", "gone.png", "junk.jpg", "cut.jpg"], size=8)
-    assert store.load([0]).shape == (1, 3, 8, 8)
+    assert [a.shape for a in store.load([0]).images] == [(8, 8, 3)]
     with pytest.raises(DataError, match=rf"^image {tmp_path / 'gone.png'} does not exist$"):
         store.load([0, 1])
     for i, name in ((2, "junk.jpg"), (3, "cut.jpg")):
@@ -123,26 +125,26 @@ def test_missing_and_corrupt_images(tmp_path):
         assert "\n" not in str(err.value)
 
 
-def test_decoded_cache_is_reused(tmp_path, monkeypatch):
+def test_image_cache_is_reused(tmp_path, monkeypatch):
     rel = [f"c{i}/img{i}.png" for i in range(5)]
     for i, r in enumerate(rel):
         write_image(tmp_path / "img" / r, np.full((10, 12, 3), 40 * i, np.uint8), "PNG")
     cache = tmp_path / "cache"
     store = FileStore(tmp_path / "img", rel, size=8, cache_dir=cache)
-    first = store.load([0, 2, 4])
-    store.flush()
-    assert len(list(cache.glob("*.u8"))) == 1 and len(list(cache.glob("*.json"))) == 1
+    first = store.load([0, 2, 4]).images  # the first load builds the whole cache
+    (folder,) = [p for p in cache.iterdir() if p.is_dir()]
+    assert (folder / "manifest.json").is_file() and len(list(folder.glob("shard-*.bin"))) == 1
 
-    def no_decoding(path, size):
+    def no_decoding(path, *args):
         raise AssertionError(f"decoded {path} again")
 
-    monkeypatch.setattr(splitfile, "decode_image", no_decoding)
-    again = FileStore(tmp_path / "img", rel, size=8, cache_dir=cache)  # a later run
-    assert torch.equal(again.load([0, 2, 4]), first)
-    with pytest.raises(AssertionError, match="img1.png"):  # never filled, so decoded
-        again.load([1])
+    monkeypatch.setattr(filestore, "decode_image", no_decoding)
+    again = FileStore(tmp_path / "img", rel, size=8, cache_dir=cache)  # a later run reads only the cache
+    for a, b in zip(again.load([0, 2, 4]).images, first):
+        assert a.shape == b.shape == (8, 9, 3) and np.abs(a.astype(int) - b).max() <= 2  # flat images survive JPEG q90
+    assert [a.shape for a in again.load([1]).images] == [(8, 9, 3)]
     other = FileStore(tmp_path / "img", rel, size=6, cache_dir=cache)  # another size: another cache
-    with pytest.raises(AssertionError):
+    with pytest.raises(AssertionError, match="decoded"):
         other.load([0])
 
 
@@ -169,13 +171,14 @@ def test_imagenet_lt_layout(tmp_path):
     bundle = build.build_data(DataConfig(dataset="imagenet-lt"), root)
     assert bundle.num_classes == 3 and bundle.class_names == ["n01", "n02", "n03"]
     assert bundle.train_counts.tolist() == [2, 1, 1] and len(bundle.val) == 2 and len(bundle.test) == 3
-    assert bundle.image_size == 256 and bundle.mean == (0.485, 0.456, 0.406)
+    assert bundle.image_size == 256 and bundle.crop_size == 224 and bundle.mean == (0.485, 0.456, 0.406)
     images, labels = bundle.test.load([2])
-    assert images.shape == (1, 3, 256, 256) and labels.tolist() == [2]
+    assert [a.shape for a in images.images] == [(256, 256, 3)] and labels.tolist() == [2]  # test: the centre square
+    assert [a.shape for a in bundle.train.load([0])[0].images] == [(256, 320, 3)]  # train: the whole image
     assert bundle.source["image_root"] == str(root / "ImageNet_LT")
 
     small = build.build_data(DataConfig(dataset="imagenet-lt", image_size=24), root)
-    assert small.train.load([0])[0].shape == (1, 3, 24, 24)
+    assert [a.shape for a in small.train.load([0])[0].images] == [(24, 30, 3)] and small.input_size == 24
 
 
 def test_inat_test_is_val_and_overrides(tmp_path):

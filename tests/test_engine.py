@@ -196,17 +196,17 @@ def test_file_backed_folder_dataset_trains_with_prefetch(tmp_path):
     assert not isinstance(data.train.store, type(synthetic_bundle().train.store))  # file-backed
 
     loads = []
-    original = Feeder._load
+    original = Feeder.fetch
 
-    def spy(self, index):
-        loads.append(self.ahead is not None and np.array_equal(self.ahead[0], index))
-        return original(self, index)
+    def spy(self, index, g, key):
+        loads.append(key in self.ahead and np.array_equal(self.ahead[key][0], index))
+        return original(self, index, g, key)
 
-    Feeder._load = spy
+    Feeder.fetch = spy
     try:
         res = run_recipe(recipe, tmp_path / "run", data=data)
     finally:
-        Feeder._load = original
+        Feeder.fetch = original
     assert sum(loads) == len(loads) - 6  # every step but each epoch's first came from the prefetch
     # One colour per class: the trained model must beat always answering the largest class (3 of 9).
     assert res["final"]["num_images"] == len(data.test) and res["final"]["top1"] > 100 * 3 / 9 + 1

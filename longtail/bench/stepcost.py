@@ -97,7 +97,7 @@ def random_artifacts(ctx: StageContext, where: Path) -> dict[str, Path]:
 def feed_batches(method: Method, pool: int) -> Batches:
     """``pool`` augmented batches per feed at random indices, made by the engine's Feeder, then cycled."""
     ctx = method.ctx
-    feeder = Feeder(ctx.data.train, ctx.augment(ctx.stage.augment), ctx.runtime)
+    feeder = Feeder(ctx.data.train, ctx.augment(ctx.stage.augment), ctx.runtime, 0, ctx.stage.name, 0)
     rng = np.random.default_rng(0)
     g = torch.Generator(device=ctx.runtime.device).manual_seed(0)
     n = len(ctx.data.train)
@@ -105,8 +105,8 @@ def feed_batches(method: Method, pool: int) -> Batches:
     def draw(size: int) -> np.ndarray:
         return rng.choice(n, size, replace=size > n)
 
-    steps = [{name: feeder.fetch(draw(f.batch_size or ctx.stage.batch_size), g) for name, f in method.feeds().items()}
-             for _ in range(pool)]
+    steps = [{name: feeder.fetch(draw(f.batch_size or ctx.stage.batch_size), g, (0, i, name)) for name, f in method.feeds().items()}
+             for i in range(pool)]
     return lambda i: steps[i % pool]
 
 

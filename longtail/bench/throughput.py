@@ -72,7 +72,7 @@ def bench_data(args) -> DataBundle:
 def model_alone(ctx: StageContext, steps: int, warmup: int) -> dict:
     """The engine's CE step on one fixed synthetic batch: no data pipeline at all."""
     rt, d, n = ctx.runtime, ctx.data, ctx.stage.batch_size
-    x = torch.randn(n, 3, d.image_size, d.image_size, device=rt.device)
+    x = torch.randn(n, 3, d.input_size, d.input_size, device=rt.device)
     if rt.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, d.num_classes, (n,), device=rt.device)

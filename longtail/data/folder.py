@@ -30,14 +30,15 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from .download import user_cache_dir
 from .images import DataBundle, ImageSet
 from .splitfile import (
     DEFAULT_SIZE,
     IMAGENET_MEAN,
     IMAGENET_STD,
-    FileStore,
+    crop_size,
+    decode_note,
     drop_bad_images,
+    file_store,
     load_split_dataset,
     split_train_counts,
 )
@@ -106,22 +107,22 @@ def load_folder_dataset(root, cfg) -> DataBundle:
     if not len(splits["test"][0]):
         raise DataError(f"image folder {root}: too few images for a test split (the median class needs >= 5)")
     size = cfg.image_size or DEFAULT_SIZE
+    crop = crop_size(cfg, size)
     bad_images = {"policy": cfg.on_bad_image}
     if cfg.on_bad_image == "skip":  # after the split rule, so the split of the good images does not move
-        splits, bad_images = drop_bad_images(root, splits, size)
+        splits, bad_images = drop_bad_images(root, splits, size, cfg.decoder)
         counts = np.bincount(splits["train"][1], minlength=len(classes))
         if (counts == 0).any():
             c = int(np.flatnonzero(counts == 0)[0])
             raise DataError(f"class folder {root / classes[c]} has no readable training images (data.on_bad_image=skip)")
         if not len(splits["test"][0]):
             raise DataError(f"image folder {root}: no readable test images (data.on_bad_image=skip)")
-    cache_dir = user_cache_dir() / "decoded" if cfg.cache else None
 
     def image_set(s):
         paths, labels = splits[s]
         if not len(paths) and s == "val":
             return None
-        return ImageSet(FileStore(root, paths, size, cache_dir), labels, s)
+        return ImageSet(file_store(root, paths, size, cfg, s), labels, s)
 
     digest = {s: hashlib.sha256("\n".join(p).encode()).hexdigest() for s, (p, _) in splits.items()}
     return DataBundle(
@@ -134,6 +135,7 @@ def load_folder_dataset(root, cfg) -> DataBundle:
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
         image_size=size,
+        crop_size=crop,
         source={
             "folder": str(root),
             "split_rule": "per class: test min(T, n//5), val min(V, n//10), rest train",
@@ -141,7 +143,7 @@ def load_folder_dataset(root, cfg) -> DataBundle:
             "val_cap": cap_val,
             "seed": cfg.val_seed,
             "sha256": digest,
-            "decode": f"shorter side to {size}, centre crop {size}x{size}",
+            "decode": decode_note(size, crop, cfg),
             "bad_images": bad_images,
         },
     )

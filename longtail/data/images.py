@@ -15,7 +15,8 @@ import torch
 
 
 class ImageStore(Protocol):
-    """Anything that returns uint8 images ``(n, 3, H, W)`` for an index array."""
+    """Anything that returns uint8 images ``(n, 3, H, W)`` for an index array, or (file datasets) an
+    :class:`~longtail.data.augment.ImageList` of images of their own sizes."""
 
     def __len__(self) -> int: ...
 
@@ -80,8 +81,13 @@ class DataBundle:
     test: ImageSet
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
-    image_size: int
+    image_size: int  # the stored images' side (file datasets: the shorter side, aspect kept)
     source: dict = field(default_factory=dict)  # provenance: files, md5s, split rules
+    crop_size: int = 0  # the model's input side, if not image_size (file datasets: 224 crops of 256)
+
+    @property
+    def input_size(self) -> int:
+        return self.crop_size or self.image_size
 
     @property
     def train_counts(self) -> np.ndarray:

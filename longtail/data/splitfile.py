@@ -1,34 +1,56 @@
 """Split-file datasets: ImageNet-LT, Places-LT, iNaturalist 2017/2018 (the OLTR convention).
 
 A split file lists ``<relative image path> <class index>`` per line (paths
-cannot contain spaces). Images are decoded by :class:`FileStore` to a fixed
-``S x S`` (shorter side resized to S, then a centre crop): S defaults to 256,
-so the random-resized crop to 224 and the 224 centre crop of evaluation are
-done later, on the device, on uniform uint8 batches.
+cannot contain spaces). Images are decoded by :class:`~longtail.data.filestore.FileStore`
+with the shorter side at ``data.image_size`` (256) and the aspect ratio kept; the
+stage's first augmentation op then takes the papers' crop of ``data.crop_size``
+(224) from the whole image: a random resized crop for training, the shorter side
+to 256 and a centre crop for evaluation.
 """
 from __future__ import annotations
 
-import base64
 import hashlib
-import json
 import os
-import threading
-import time
 import warnings
-import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import numpy as np
-import torch
 
 from ..errors import ConfigError, DataError
+from .decode import decode_image, pick_decoder
 from .download import user_cache_dir
+from .filestore import FileStore
 from .images import DataBundle, ImageSet
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-DEFAULT_SIZE = 256
+INAT_MEAN, INAT_STD = (0.466, 0.471, 0.380), (0.195, 0.194, 0.192)  # Decoupling's data/dataloader.py (iNat18; used for iNat17 too)
+DEFAULT_SIZE = 256  # stored shorter side: Resize(256) of evaluation, and room for 224 crops
+DEFAULT_CROP = 224
+
+
+def crop_size(cfg, size: int) -> int:
+    """The model's input side: ``data.crop_size``, else 224 (or the stored size, if that is smaller)."""
+    crop = cfg.crop_size or min(DEFAULT_CROP, size)
+    if crop > size:
+        raise ConfigError(f"data.crop_size={crop} is larger than data.image_size={size}, the stored shorter side")
+    return crop
+
+
+def file_store(root: Path, paths: list[str], size: int, cfg, split: str) -> FileStore:
+    """The :class:`FileStore` of one split, with the cache and decoder that ``data`` asks for.
+
+    Evaluation splits are stored as centre squares: their transform reads nothing outside them.
+    """
+    cache_dir = (Path(cfg.cache_dir).expanduser() if cfg.cache_dir else user_cache_dir() / "images") if cfg.cache else None
+    return FileStore(root, paths, size, cache_dir, decoder=cfg.decoder, quality=cfg.cache_quality, square=split != "train")
+
+
+def decode_note(size: int, crop: int, cfg) -> str:
+    cache = f", cached as JPEG q{cfg.cache_quality}" if cfg.cache else ""
+    return (f"shorter side to {size}, aspect kept (val/test: the centre {size}x{size}; {pick_decoder(cfg.decoder)}{cache}); "
+            f"crops of {crop} by the stage's augmentation")
 
 
 @dataclass(frozen=True)
@@ -37,6 +59,8 @@ class Layout:
     train: str
     val: str | None
     test: str
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
 
 
 # iNaturalist has no public test labels: the literature reports on the official val split,
@@ -45,8 +69,8 @@ class Layout:
 LAYOUTS = {
     "imagenet-lt": Layout("ImageNet_LT", "ImageNet_LT_train.txt", "ImageNet_LT_val.txt", "ImageNet_LT_test.txt"),
     "places-lt": Layout("Places_LT", "Places_LT_train.txt", "Places_LT_val.txt", "Places_LT_test.txt"),
-    "inat2018": Layout("iNaturalist18", "iNaturalist18_train.txt", None, "iNaturalist18_val.txt"),
-    "inat2017": Layout("iNaturalist17", "iNaturalist17_train.txt", None, "iNaturalist17_val.txt"),
+    "inat2018": Layout("iNaturalist18", "iNaturalist18_train.txt", None, "iNaturalist18_val.txt", INAT_MEAN, INAT_STD),
+    "inat2017": Layout("iNaturalist17", "iNaturalist17_train.txt", None, "iNaturalist17_val.txt", INAT_MEAN, INAT_STD),
 }
 
 
@@ -154,7 +178,7 @@ def _class_names(paths: list[str], labels: np.ndarray, num_classes: int) -> list
     return names if all(names) and len(set(names)) == num_classes else [str(c) for c in range(num_classes)]
 
 
-def drop_bad_images(image_root: Path, lists: dict, size: int) -> tuple[dict, dict]:
+def drop_bad_images(image_root: Path, lists: dict, size: int, decoder: str = "auto") -> tuple[dict, dict]:
     """``data.on_bad_image: skip``: decode every listed image once and drop those that fail.
 
     Returns the filtered ``{split: (paths, labels)}`` and a report for provenance:
@@ -168,7 +192,7 @@ def drop_bad_images(image_root: Path, lists: dict, size: int) -> tuple[dict, dic
         for s, (paths, labels) in lists.items():
             def check(rel):
                 try:
-                    decode_image(image_root / rel, size)
+                    decode_image(image_root / rel, size, decoder)
                     return None
                 except DataError as e:
                     return str(e)
@@ -216,20 +240,20 @@ def load_split_dataset(name: str, root, cfg, image_root=None) -> DataBundle:
     _check_classes(lists["train"][1], num_classes, files["train"])
 
     size = cfg.image_size or DEFAULT_SIZE
+    crop = crop_size(cfg, size)
     bad_images = {"policy": cfg.on_bad_image}
     if cfg.on_bad_image == "skip":
-        lists, bad_images = drop_bad_images(image_root, lists, size)
+        lists, bad_images = drop_bad_images(image_root, lists, size, cfg.decoder)
         for s, (paths, _) in lists.items():
             if not paths:
                 raise DataError(f"{files[s]}: no readable images (data.on_bad_image=skip dropped all {bad_images['skipped'][s]})")
         _check_classes(lists["train"][1], num_classes, files["train"])
-    cache_dir = user_cache_dir() / "decoded" if cfg.cache else None
 
     def split(s):
         if s not in lists:
             return None
         paths, labels = lists[s]
-        return ImageSet(FileStore(image_root, paths, size, cache_dir), labels, s)
+        return ImageSet(file_store(image_root, paths, size, cfg, s), labels, s)
 
     return DataBundle(
         name=name,
@@ -238,173 +262,15 @@ def load_split_dataset(name: str, root, cfg, image_root=None) -> DataBundle:
         train=split("train"),
         val=split("val"),
         test=split("test"),
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
+        mean=layout.mean if layout else IMAGENET_MEAN,
+        std=layout.std if layout else IMAGENET_STD,
         image_size=size,
+        crop_size=crop,
         source={
             "splits": {s: str(p) for s, p in files.items() if p is not None},
             "sha256": {s: _sha256(p) for s, p in files.items() if p is not None},
             "image_root": str(image_root),
-            "decode": f"shorter side to {size}, centre crop {size}x{size}",
+            "decode": decode_note(size, crop, cfg),
             "bad_images": bad_images,
         },
     )
-
-
-# --------------------------------------------------------------------------- decoding
-
-
-def decode_image(path: Path, size: int) -> np.ndarray:
-    """uint8 ``(3, size, size)``: RGB, shorter side resized to ``size``, centre crop."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            im.draft("RGB", (size, size))  # JPEG: decode at the smallest DCT scale still >= size
-            im = im.convert("RGB")
-    except FileNotFoundError:
-        raise DataError(f"image {path} does not exist") from None
-    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError... for bad files
-        raise DataError(f"image {path} cannot be decoded ({type(e).__name__}: {e})") from None
-    w, h = im.size
-    scale = size / min(w, h)
-    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    if (nw, nh) != (w, h):
-        im = im.resize((nw, nh), Image.Resampling.BILINEAR)
-    left, top = (nw - size) // 2, (nh - size) // 2
-    im = im.crop((left, top, left + size, top + size))
-    return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
-
-
-class DecodedCache:
-    """Decoded images of one split in a uint8 memmap ``(N, 3, S, S)`` plus a JSON sidecar.
-
-    The sidecar holds the split hash, S and the mask of filled rows. The mask is
-    written (tmp file, then rename) only after the memmap is flushed, so a row
-    marked filled is always complete; a crash only loses fills. Several
-    processes may share a cache: they write identical bytes, and each merges
-    its mask into the one on disk. The key does not cover file contents: delete
-    the cache after changing images in place.
-    """
-
-    FLUSH_EVERY_S = 30.0
-
-    def __init__(self, directory: Path, key: str, count: int, size: int):
-        self.data_path, self.meta_path = directory / f"{key}.u8", directory / f"{key}.json"
-        self.key, self.size = key, size
-        shape = (count, 3, size, size)
-        directory.mkdir(parents=True, exist_ok=True)
-        nbytes = int(np.prod(shape))
-        if self.data_path.exists() and self.data_path.stat().st_size != nbytes:
-            self.data_path.unlink()
-        try:  # exclusive create: another process may be filling an existing file
-            fd = os.open(self.data_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
-            os.ftruncate(fd, nbytes)
-            os.close(fd)
-        except FileExistsError:
-            pass
-        self.data = np.memmap(self.data_path, dtype=np.uint8, mode="r+", shape=shape)
-        self.filled = self._disk_mask()
-        self._lock = threading.Lock()
-        self._dirty = False
-        self._last_flush = time.monotonic()
-
-    def _disk_mask(self) -> np.ndarray:
-        n = len(self.data)
-        try:
-            meta = json.loads(self.meta_path.read_text())
-            if meta.get("split_hash") == self.key and meta.get("size") == self.size and meta.get("count") == n:
-                bits = np.frombuffer(base64.b64decode(meta["filled"]), dtype=np.uint8)
-                return np.unpackbits(bits, count=n).astype(bool)
-        except (OSError, ValueError, KeyError, TypeError):
-            pass  # missing or unreadable sidecar: nothing counts as filled
-        return np.zeros(n, dtype=bool)
-
-    def get(self, i: int) -> np.ndarray | None:
-        return np.array(self.data[i]) if self.filled[i] else None
-
-    def put(self, i: int, image: np.ndarray) -> None:
-        self.data[i] = image
-        with self._lock:
-            self.filled[i] = True
-            self._dirty = True
-
-    def maybe_flush(self) -> None:
-        if self._dirty and (self.filled.all() or time.monotonic() - self._last_flush > self.FLUSH_EVERY_S):
-            self.flush()
-
-    def flush(self) -> None:
-        with self._lock:
-            if not self._dirty:
-                return
-            self.data.flush()
-            mask = self.filled | self._disk_mask()
-            meta = {
-                "split_hash": self.key,
-                "size": self.size,
-                "count": len(self.data),
-                "filled": base64.b64encode(np.packbits(mask).tobytes()).decode(),
-            }
-            tmp = self.meta_path.with_name(f"{self.meta_path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(meta))
-            os.replace(tmp, self.meta_path)
-            self.filled = mask
-            self._dirty = False
-            self._last_flush = time.monotonic()
-
-
-class FileStore:
-    """Images decoded from files on demand (an :class:`~longtail.data.images.ImageStore`).
-
-    A batch is decoded by a small thread pool (PIL releases the GIL while
-    decoding). With ``cache_dir`` the decoded images are kept in a
-    :class:`DecodedCache`, so later epochs and runs skip JPEG decoding.
-    """
-
-    def __init__(self, root, rel_paths: list[str], size: int = DEFAULT_SIZE, cache_dir=None, threads: int = 0):
-        self.root, self.rel_paths, self.size = Path(root), list(rel_paths), int(size)
-        self.cache_dir = Path(cache_dir) if cache_dir else None
-        self.threads = threads or min(8, os.cpu_count() or 1)
-        self._pool = self._cache = None
-
-    def __len__(self) -> int:
-        return len(self.rel_paths)
-
-    def __getstate__(self):  # threads and memmaps do not travel to other processes
-        return {**self.__dict__, "_pool": None, "_cache": None}
-
-    def cache_key(self) -> str:
-        blob = json.dumps([str(self.root.resolve()), self.size, self.rel_paths]).encode()
-        return hashlib.sha256(blob).hexdigest()[:24]
-
-    def _cached(self) -> DecodedCache | None:
-        if self.cache_dir and self._cache is None and len(self):
-            self._cache = DecodedCache(self.cache_dir, self.cache_key(), len(self), self.size)
-            weakref.finalize(self, self._cache.flush)
-        return self._cache
-
-    def _one(self, i: int) -> np.ndarray:
-        cache = self._cache
-        image = cache.get(i) if cache else None
-        if image is None:
-            image = decode_image(self.root / self.rel_paths[i], self.size)
-            if cache:
-                cache.put(i, image)
-        return image
-
-    def load(self, index) -> torch.Tensor:
-        index = np.asarray(index, dtype=np.int64).reshape(-1)
-        cache = self._cached()
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="decode")
-        images = list(self._pool.map(self._one, index.tolist()))
-        if cache:
-            cache.maybe_flush()
-        if not images:
-            return torch.zeros((0, 3, self.size, self.size), dtype=torch.uint8)
-        return torch.from_numpy(np.stack(images))
-
-    def flush(self) -> None:
-        """Write the cache's fill mask now (it is also written every 30 s and at exit)."""
-        if self._cache:
-            self._cache.flush()

@@ -3,8 +3,11 @@
 Used by tests, benchmarks and ``dataset: synthetic`` smoke runs. Class ``c``
 images are noise around a class-specific colour pattern, so a network learns
 them in a few epochs, and the training counts follow the CIFAR-LT profile.
+Also natural-looking JPEG folders (1/f noise) for the file-image tests and ``bench data``.
 """
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -30,3 +33,33 @@ def synthetic_bundle(num_classes: int = 10, max_per_class: int = 100, imbalance:
         mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), image_size=size,
         source={"dataset": "synthetic", "seed": seed, "counts": counts},
     )
+
+
+def natural_image(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """uint8 ``(h, w, 3)`` with a 1/f amplitude spectrum (that of natural images) and milder colour."""
+    f = np.hypot(np.fft.fftfreq(h)[:, None], np.fft.rfftfreq(w)[None, :])
+    f[0, 0] = 1.0
+    amp = 1.0 / f
+    amp[0, 0] = 0.0
+
+    def field(scale: float) -> np.ndarray:
+        phase = rng.uniform(0, 2 * np.pi, amp.shape)
+        x = np.fft.irfft2(amp * scale * np.exp(1j * phase), s=(h, w))
+        return x / (x.std() + 1e-12)
+
+    luma, chroma = field(1.0), [field(1.0) * 0.35 for _ in range(2)]
+    rgb = np.stack([luma + chroma[0], luma - 0.5 * chroma[0] - 0.5 * chroma[1], luma + chroma[1]], axis=-1)
+    return np.clip(128 + 40 * rgb, 0, 255).astype(np.uint8)
+
+
+def make_jpeg_folder(root: Path, n: int, classes: int = 10, size=(500, 375), quality: int = 90, seed: int = 0) -> Path:
+    """``n`` generated JPEGs (``size`` = width, height; portrait every fourth) in ``classes`` folders."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        w, h = size if i % 4 else size[::-1]
+        path = root / f"class{i % classes:02d}" / f"{i:06d}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(natural_image(rng, h, w)).save(path, format="JPEG", quality=quality)
+    return root

@@ -1,22 +1,29 @@
 """Evaluation: top-1 / top-5, per-class and many / medium / few accuracy."""
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 import numpy as np
 import torch
 
 from ..data.groups import group_accuracy, shot_groups
-from ..data.images import ImageSet
 
 
 @torch.no_grad()
-def predict_logits(predict: Callable[[torch.Tensor], torch.Tensor], data: ImageSet, prepare, batch_size: int, device) -> torch.Tensor:
-    """Logits for every image of ``data``, in order. ``prepare`` turns uint8 batches into model input."""
+def predict_logits(predict: Callable[[torch.Tensor], torch.Tensor], n: int, load: Callable[[np.ndarray], object],
+                   prepare: Callable[[object], torch.Tensor], batch_size: int) -> torch.Tensor:
+    """Logits for images ``0..n-1``, in order: ``load(index)`` runs one batch ahead on a thread (file
+    decoding overlaps the model), ``prepare`` turns what it returns into model input."""
+    starts = list(range(0, n, batch_size))
     out = []
-    for i in range(0, len(data), batch_size):
-        images, _ = data.load(np.arange(i, min(i + batch_size, len(data))))
-        out.append(predict(prepare(images.to(device, non_blocking=True))).float().cpu())
+    with ThreadPoolExecutor(1, thread_name_prefix="eval-load") as pool:
+        ahead = [pool.submit(load, np.arange(i, min(i + batch_size, n))) for i in starts[:1]]
+        for k in range(len(starts)):
+            loaded = ahead.pop().result()
+            if k + 1 < len(starts):
+                ahead.append(pool.submit(load, np.arange(starts[k + 1], min(starts[k + 1] + batch_size, n))))
+            out.append(predict(prepare(loaded)).float().cpu())
     return torch.cat(out) if out else torch.empty(0)
 
 

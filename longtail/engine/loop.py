@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..config import Recipe, StageConfig
-from ..data.augment import Augment
+from ..data.augment import Augment, ImageList
 from ..data.images import DataBundle, ImageSet, TensorStore
 from ..data.samplers import build_sampler
 from ..errors import CheckpointError, TrainingError
@@ -60,7 +60,7 @@ class StageContext:
     def augment(self, spec) -> Augment:
         d = self.data
         if isinstance(spec, str):
-            return Augment.preset(spec, mean=d.mean, std=d.std, size=d.image_size)
+            return Augment.preset(spec, mean=d.mean, std=d.std, size=d.input_size)
         return Augment.from_spec(spec, mean=d.mean, std=d.std)
 
     def for_stage(self, name: str) -> "StageContext":
@@ -95,33 +95,43 @@ class StageContext:
 class Feeder:
     """Turns index arrays into augmented device batches.
 
-    Tensor-held data is indexed in place. File-backed data (JPEG decoding) is
-    loaded one step ahead on a background thread, so decoding overlaps the
-    previous step's compute.
+    Tensor-held data is indexed in place. File-backed data is decoded and cut to the input size
+    (the augmentation's per-image first op) one step ahead on a background thread, so this overlaps
+    the previous step's compute. That cut draws from a CPU generator of its own, seeded by (seed,
+    stage, rank, epoch, step, feed), so a resumed run cuts the same crops; the remaining ops run
+    batched on the device with the step's generator.
     """
 
-    def __init__(self, split: ImageSet, augment: Augment, rt: Runtime):
-        self.split, self.augment, self.rt = split, augment, rt
-        self.pool = None if isinstance(split.store, TensorStore) else ThreadPoolExecutor(1)
-        self.ahead: tuple[np.ndarray, Future] | None = None
+    def __init__(self, split: ImageSet, augment: Augment, rt: Runtime, *seed_parts):
+        self.split, self.augment, self.rt, self.seed_parts = split, augment, rt, seed_parts
+        self.pool = None if isinstance(split.store, TensorStore) else ThreadPoolExecutor(1, thread_name_prefix="feed")
+        self.ahead: dict[tuple, tuple[np.ndarray, Future]] = {}
 
-    def prefetch(self, index: np.ndarray) -> None:
+    def _prepare(self, index: np.ndarray, key: tuple):
+        """``(input, raw, labels, sized)``: for file data the cut uint8 batch, else the raw one."""
+        raw, labels = self.split.load(index)
+        if not isinstance(raw, ImageList):
+            return raw, raw, labels, False
+        x = self.augment.size_images(raw, step_generator(torch.device("cpu"), *self.seed_parts, *key, "size"))
+        if self.rt.device.type == "cuda":
+            x = x.pin_memory()
+        return x, raw.to(self.rt.device), labels, True
+
+    def prefetch(self, index: np.ndarray, key: tuple) -> None:
         if self.pool is not None:
-            self.ahead = (index, self.pool.submit(self.split.load, index))
+            self.ahead[key] = (index, self.pool.submit(self._prepare, index, key))
 
-    def _load(self, index: np.ndarray):
-        if self.ahead is not None and np.array_equal(self.ahead[0], index):
-            raw, labels = self.ahead[1].result()
-            self.ahead = None
-            if self.rt.device.type == "cuda":
-                raw = raw.pin_memory()
-            return raw, labels
-        return self.split.load(index)
-
-    def fetch(self, index: np.ndarray, g: torch.Generator) -> Batch:
-        raw, labels = self._load(index)
-        raw = raw.to(self.rt.device, non_blocking=True)
-        x = self.augment(raw, g)
+    def fetch(self, index: np.ndarray, g: torch.Generator, key: tuple) -> Batch:
+        """The batch of ``index``; ``key`` = (epoch, step, feed) names it for the cut's generator."""
+        ahead = self.ahead.pop(key, None)
+        if ahead is not None and np.array_equal(ahead[0], index):
+            x, raw, labels, sized = ahead[1].result()
+        else:
+            x, raw, labels, sized = self._prepare(index, key)
+        x = x.to(self.rt.device, non_blocking=True)
+        if not sized:
+            raw = x
+        x = self.augment(x, g, sized=sized)
         if self.rt.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         y = torch.from_numpy(labels).to(self.rt.device, non_blocking=True)
@@ -133,16 +143,21 @@ def run_over(ctx: StageContext, model: nn.Module, split: ImageSet, fn) -> torch.
     """``fn(model, x)`` over a whole split in order, in eval mode, with the stage's test-time preprocessing."""
     rt = ctx.runtime
     aug = ctx.augment(ctx.stage.eval_augment)
-    g = torch.Generator(device=rt.device)
+    g, g_cpu = torch.Generator(device=rt.device), torch.Generator()
 
-    def prepare(u8):
-        x = aug(u8, g)
+    def load(index):  # on the look-ahead thread: file images are cut to the input size there
+        images, _ = split.load(index)
+        return (aug.size_images(images, g_cpu), True) if isinstance(images, ImageList) else (images, False)
+
+    def prepare(loaded):
+        x, sized = loaded
+        x = aug(x.to(rt.device, non_blocking=True), g, sized=sized)
         return x.contiguous(memory_format=torch.channels_last) if rt.channels_last else x
 
     was_training = model.training
     model.eval()
     with rt.autocast():
-        out = predict_logits(lambda x: fn(model, x), split, prepare, ctx.recipe.runtime.eval_batch_size, rt.device)
+        out = predict_logits(lambda x: fn(model, x), len(split), load, prepare, ctx.recipe.runtime.eval_batch_size)
     model.train(was_training)
     return out
 
@@ -225,7 +240,7 @@ def train_stage(ctx: StageContext, stage_dir: Path, resume: bool = False) -> dic
     primary = next(iter(samplers.values()))
     steps_per_epoch = primary.steps_per_epoch
     total_steps = stage.epochs * steps_per_epoch
-    feeder = Feeder(train, ctx.augment(stage.augment), rt)
+    feeder = Feeder(train, ctx.augment(stage.augment), rt, seed, stage.name, rt.rank)
 
     ckpt_path = stage_dir / "checkpoint.pt"
     epoch, step, history = 0, 0, []
@@ -273,9 +288,9 @@ def train_stage(ctx: StageContext, stage_dir: Path, resume: bool = False) -> dic
             gstep = epoch * steps_per_epoch + step
             g = step_generator(rt.device, seed, stage.name, epoch, step, rt.rank)
             shard = lambda name, s: samplers[name].batch(epoch, s % len(plans[name]), rt.rank, rt.world, plans[name])  # noqa: E731
-            batch = {name: feeder.fetch(shard(name, step), g) for name in samplers}
-            if step + 1 < steps_per_epoch:
-                feeder.prefetch(shard(next(iter(samplers)), step + 1))
+            batch = {name: feeder.fetch(shard(name, step), g, (epoch, step, name)) for name in samplers}
+            for name in samplers if step + 1 < steps_per_epoch else ():
+                feeder.prefetch(shard(name, step + 1), (epoch, step + 1, name))
             lr = lr_at(gstep, total_steps, steps_per_epoch, stage.optim.lr, stage.schedule)
             for group in optimizer.param_groups:
                 group["lr"] = lr

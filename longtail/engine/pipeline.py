@@ -98,6 +98,11 @@ def run_recipe(recipe: Recipe, out: str | Path, data_root: str | None = None, re
         from ..data.build import build_data, resolve_data_root
 
         data = build_data(recipe.data, resolve_data_root(data_root, recipe.data.root))
+    from ..data.filestore import build_caches
+
+    # The image cache, a visible step: the first rank to take its file lock builds it, the others wait
+    # on the lock (no collective timeout), then find it complete.
+    build_caches(data, recipe.runtime.progress and rt.is_main)
     if rt.is_main:
         out.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(out)  # half-written files of a killed run: never read, but they would pile up
