@@ -70,6 +70,7 @@ class DataConfig:
     cache: bool = False  # file datasets: build a JPEG cache of every image at image_size once (`longtail data cache`), read it after
     cache_dir: str | None = None  # where the cache lives (default: the user cache, images/)
     cache_quality: int = 85  # JPEG quality of the cache (85 keeps ImageNet-LT within 6 GB: results/bench-data-cpu.json)
+    decode_device: str = choice("auto", "cpu", "cuda")  # file datasets with the cache, training on a GPU: decode there with nvJPEG (auto: where it works)
     many_threshold: int = 100  # many-shot: n_c > many_threshold
     few_threshold: int = 20  # few-shot: n_c < few_threshold
     on_device: bool = True  # hold tensor datasets on the training device

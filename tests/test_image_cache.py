@@ -155,3 +155,55 @@ def test_grey_cmyk_and_png_images_cache_as_rgb(tmp_path):
     assert np.abs(images[0].astype(int) - 90).max() <= 3
     assert images[1][..., 0].mean() > 200 and images[1][..., 1].mean() < 60  # CMYK red stays red
     assert abs(int(images[2][..., 1].mean()) - 200) <= 4  # alpha dropped, colour kept
+
+
+def test_gpu_decoding_is_chosen_only_where_it_works(folder, tmp_path, monkeypatch):
+    import torch
+
+    from longtail.errors import ConfigError
+
+    root, files = folder
+    store = FileStore(root, files, 32, tmp_path / "c")
+    store.use_device(torch.device("cpu"))
+    assert store.gpu is None
+    monkeypatch.setattr(filestore, "gpu_decoder_available", lambda d: False)  # no torchvision / nvJPEG here
+    store.use_device(torch.device("cuda", 1))
+    assert store.gpu is None  # auto: the CPU decodes
+    with pytest.raises(ConfigError, match="data.decode_device=cuda: decoding on cuda:1 needs data.cache and torchvision"):
+        FileStore(root, files, 32, tmp_path / "c", decode_device="cuda").use_device(torch.device("cuda", 1))
+    monkeypatch.setattr(filestore, "gpu_decoder_available", lambda d: True)
+    store.use_device(torch.device("cuda", 1))
+    assert store.gpu == torch.device("cuda", 1)
+    FileStore(root, files, 32).use_device(torch.device("cuda", 1))  # no cache: nothing to hand the GPU
+
+
+def test_device_decoded_batches_match_the_cpu_ones_and_fall_back(folder, tmp_path, monkeypatch):
+    """The device path (simulated on the CPU: nvJPEG replaced by a CPU decode into tensors) gives the same
+    sizes and, after the crop, the same pixels within the filters' rounding; a failure falls back once."""
+    import torch
+
+    from longtail.data.augment import Augment
+    from longtail.data.decode import decode_bytes
+
+    root, files = folder
+    cpu = FileStore(root, files, 32, tmp_path / "c")
+    dev = FileStore(root, files, 32, tmp_path / "c")
+    monkeypatch.setattr(filestore, "decode_jpegs_gpu", lambda blobs, device: [
+        torch.from_numpy(decode_bytes(b, 32)).permute(2, 0, 1).contiguous() for b in blobs])
+    cpu.build_cache(progress=False)
+    dev.build_cache(progress=False)
+    dev.gpu = torch.device("cpu")
+    a, b = cpu.load(range(10)), dev.load(range(10))
+    assert all(isinstance(t, torch.Tensor) for t in b.images) and list(zip(*a.sizes)) == list(zip(*b.sizes))
+    for name in ("imagenet_jitter", "imagenet_eval"):
+        aug = Augment.preset(name, (0.5,) * 3, (0.25,) * 3, size=24)
+        x, y = aug.size_images(a, torch.Generator().manual_seed(0)), aug.size_images(b, torch.Generator().manual_seed(0))
+        assert x.shape == y.shape == (10, 3, 24, 24) and (x.int() - y.int()).abs().float().mean() < 2.0, name
+
+    def broken(blobs, device):
+        raise RuntimeError("nvjpeg: out of memory")
+
+    monkeypatch.setattr(filestore, "decode_jpegs_gpu", broken)
+    with pytest.warns(UserWarning, match="decoding on cpu failed .*nvjpeg: out of memory.*decoding on the CPU"):
+        c = dev.load(range(3))
+    assert dev.gpu is None and all(isinstance(t, np.ndarray) for t in c.images)

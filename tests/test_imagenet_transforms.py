@@ -260,3 +260,15 @@ def test_file_crops_are_the_same_after_a_resume(tmp_path):
     b = again.fetch(index, torch.Generator().manual_seed(1), (2, 7, "x"))  # ... and a resumed run's direct load
     c = again.fetch(index, torch.Generator().manual_seed(1), (2, 8, "x"))
     assert a.x.shape == (3, 3, 224, 224) and torch.equal(a.x, b.x) and not torch.equal(a.x, c.x)
+
+
+def test_tensor_images_take_the_same_crops_as_pil_ones():
+    arrays = [photo(256, 341), photo(300, 256, 1)]
+    pil, dev = ImageList(arrays), ImageList([torch.from_numpy(a).permute(2, 0, 1).contiguous() for a in arrays])
+    boxes = torch.tensor([[10, 20, 200, 240], [0, 0, 300, 256]])
+    from longtail.data.augment import crop_resize_images
+
+    for x, y in ((crop_resize_images(pil, boxes, 224), crop_resize_images(dev, boxes, 224)),
+                 (center_crop_resize_images(pil, 224), center_crop_resize_images(dev, 224))):
+        diff = (x.int() - y.int()).abs()
+        assert x.shape == y.shape == (2, 3, 224, 224) and diff.float().mean() < 0.6 and diff.max() <= 3

@@ -8,7 +8,8 @@ natural-looking 500 x 375 JPEGs: 1/f noise, the spectrum of photographs), it mea
 * building the JPEG cache with the chosen decoder: its speed and bytes per image, extrapolated to
   ImageNet-LT's and iNaturalist 2018's image counts against the size budget;
 * the training path, from the cache: decode, then the recipe's random resized crop to 224 (what the
-  engine's look-ahead thread does), per core and in total; the evaluation path likewise;
+  engine's look-ahead thread does), per core and in total; the evaluation path likewise; on a GPU
+  with torchvision, the same from nvJPEG decoding on the device;
 * the batched rest of the transform on the device, and the recipe's model alone (``bench throughput``'s
   synthetic-batch step), so the ratio says which side is the bottleneck.
 
@@ -66,6 +67,7 @@ def _path_rate(store: FileStore, augment, n: int, repeats: int = 2) -> float:
         t0 = time.perf_counter()
         for index in batches:
             out = augment.size_images(store.load(index), g)
+        synchronize(out.device)
         best = max(best, n / (time.perf_counter() - t0))
     assert out.dtype == torch.uint8
     return round(best, 1)
@@ -154,6 +156,15 @@ def bench_data(args) -> dict:
             print(f"{name:<11} cache -> {data.input_size} crops: train {res['train_from_cache']['per_core']:7.1f} per core, "
                   f"{res['train_from_cache']['total']:7.1f} total; eval {res['eval_from_cache']['total']:7.1f} total", flush=True)
 
+        gpu = FileStore(folder, files, size, cache_dir, threads=threads, decoder=chosen)
+        gpu.build_cache(progress=False)
+        gpu.use_device(rt.device)
+        if gpu.gpu is not None:  # nvJPEG on the training GPU, crops there too
+            decoders["nvjpeg"] = {"train_from_cache": {"total": _path_rate(gpu, train_aug, n)},
+                                  "eval_from_cache": {"total": _path_rate(gpu, eval_aug, n)}}
+            print(f"nvjpeg      cache -> {data.input_size} crops on {rt.device}: train "
+                  f"{decoders['nvjpeg']['train_from_cache']['total']:7.1f}, eval {decoders['nvjpeg']['eval_from_cache']['total']:7.1f}",
+                  flush=True)
         x = train_aug.size_images(store.load(np.arange(min(BATCH, n))), torch.Generator()).to(rt.device)
         g = torch.Generator(device=rt.device).manual_seed(0)
         train_aug(x, g, sized=True)
@@ -168,7 +179,7 @@ def bench_data(args) -> dict:
         print(f"batched ops on {rt.device.type}: {batched:.1f} img/s; model alone ({recipe.model.backbone}, batch "
               f"{ctx.stage.batch_size}): {alone['images_per_s']:.1f} img/s", flush=True)
 
-    best = decoders[chosen]["train_from_cache"]
+    best = decoders[chosen]["train_from_cache"]  # the CPU path; nvjpeg, where measured, is beside it
     res = {
         "chosen_decoder": chosen,
         "decoders": decoders,

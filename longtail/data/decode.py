@@ -157,6 +157,27 @@ def decode_image(path: Path, size: int, decoder: str = "auto") -> np.ndarray:
     return decode_bytes(data, size, decoder, str(path))
 
 
+@functools.lru_cache(maxsize=None)
+def gpu_decoder_available(device: str) -> bool:
+    """Whether torchvision's nvJPEG decoding works on ``device`` here (tried once on a tiny JPEG)."""
+    if not device.startswith("cuda"):
+        return False
+    try:
+        decode_jpegs_gpu([encode_jpeg(np.zeros((16, 16, 3), np.uint8), 90)], device)
+        return True
+    except Exception:  # no torchvision, a CPU-only build, no GPU, or no nvJPEG
+        return False
+
+
+def decode_jpegs_gpu(blobs: list[bytes], device) -> list:
+    """uint8 ``(3, H, W)`` tensors on ``device``: a batch of baseline RGB JPEGs (the cache's) decoded by nvJPEG."""
+    import torch
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    data = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in blobs]
+    return list(decode_jpeg(data, mode=ImageReadMode.RGB, device=device))
+
+
 def encode_jpeg(a: np.ndarray, quality: int) -> bytes:
     """JPEG bytes of a uint8 RGB array (4:2:0, as camera JPEGs are)."""
     try:

@@ -17,16 +17,17 @@ import hashlib
 import json
 import os
 import shutil
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..progress import ProgressBar
 from .augment.perimage import ImageList
-from .decode import decode_bytes, decode_image, encode_jpeg, pick_decoder
+from .decode import decode_bytes, decode_image, decode_jpegs_gpu, encode_jpeg, gpu_decoder_available, pick_decoder
 
 SHARD = 1024  # images per shard: the unit a build resumes at
 FORMAT = 1
@@ -202,18 +203,30 @@ class FileStore:
     """
 
     def __init__(self, root, rel_paths: list[str], size: int = 256, cache_dir=None, threads: int = 0,
-                 decoder: str = "auto", quality: int = 85, square: bool = False):
+                 decoder: str = "auto", quality: int = 85, square: bool = False, decode_device: str = "auto"):
         self.root, self.rel_paths, self.size = Path(root), list(rel_paths), int(size)
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.threads = threads or min(16, os.cpu_count() or 1)
-        self.decoder, self.quality, self.square = decoder, quality, square
-        self._pool = self._cache = None
+        self.decoder, self.quality, self.square, self.decode_device = decoder, quality, square, decode_device
+        self._pool = self._cache = self.gpu = None
 
     def __len__(self) -> int:
         return len(self.rel_paths)
 
     def __getstate__(self):  # threads and memmaps do not travel to other processes
         return {**self.__dict__, "_pool": None, "_cache": None}
+
+    def use_device(self, device) -> None:
+        """Decode cached images on ``device`` where torchvision's nvJPEG works there (``data.decode_device``:
+        auto = where it works, cpu = never, cuda = always, else an error). The crops then run there too."""
+        self.gpu = None
+        if self.decode_device == "cpu" or device.type != "cuda":
+            return
+        if self.cache_dir and gpu_decoder_available(str(device)):
+            self.gpu = device
+        elif self.decode_device == "cuda":
+            raise ConfigError(f"data.decode_device=cuda: decoding on {device} needs data.cache and torchvision with "
+                              f"nvJPEG; set data.decode_device=auto to decode on the CPU instead")
 
     def cache_key(self) -> str:
         blob = json.dumps([str(self.root.resolve()), self.size, self.quality, self.square, self.rel_paths]).encode()
@@ -244,6 +257,12 @@ class FileStore:
         if self._pool is None:
             # No shutdown hook: the ImageLists handed out keep using the pool; its idle threads exit with it.
             self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="decode")
+        if self.gpu is not None and self._cache is not None:
+            try:
+                return ImageList(decode_jpegs_gpu(list(self._pool.map(self._cache.get, index.tolist())), self.gpu), self.gpu)
+            except Exception as e:  # the CPU decodes the same bytes to the same sizes
+                warnings.warn(f"decoding on {self.gpu} failed ({type(e).__name__}: {e}); decoding on the CPU from now on")
+                self.gpu = None
         return ImageList(list(self._pool.map(self._one, index.tolist())), map=self._pool.map)
 
 

@@ -44,7 +44,8 @@ def file_store(root: Path, paths: list[str], size: int, cfg, split: str) -> File
     Evaluation splits are stored as centre squares: their transform reads nothing outside them.
     """
     cache_dir = (Path(cfg.cache_dir).expanduser() if cfg.cache_dir else user_cache_dir() / "images") if cfg.cache else None
-    return FileStore(root, paths, size, cache_dir, decoder=cfg.decoder, quality=cfg.cache_quality, square=split != "train")
+    return FileStore(root, paths, size, cache_dir, decoder=cfg.decoder, quality=cfg.cache_quality, square=split != "train",
+                     decode_device=cfg.decode_device)
 
 
 def decode_note(size: int, crop: int, cfg) -> str:

@@ -104,6 +104,7 @@ class Feeder:
 
     def __init__(self, split: ImageSet, augment: Augment, rt: Runtime, *seed_parts):
         self.split, self.augment, self.rt, self.seed_parts = split, augment, rt, seed_parts
+        decode_on(split, rt)
         self.pool = None if isinstance(split.store, TensorStore) else ThreadPoolExecutor(1, thread_name_prefix="feed")
         self.ahead: dict[tuple, tuple[np.ndarray, Future]] = {}
 
@@ -113,7 +114,7 @@ class Feeder:
         if not isinstance(raw, ImageList):
             return raw, raw, labels, False
         x = self.augment.size_images(raw, step_generator(torch.device("cpu"), *self.seed_parts, *key, "size"))
-        if self.rt.device.type == "cuda":
+        if self.rt.device.type == "cuda" and not x.is_cuda:
             x = x.pin_memory()
         return x, raw.to(self.rt.device), labels, True
 
@@ -138,12 +139,20 @@ class Feeder:
         return Batch(x, y, torch.from_numpy(index).to(self.rt.device), raw)
 
 
+def decode_on(split: ImageSet, rt: Runtime) -> None:
+    """Let a file store decode on the training device where it can (nvJPEG on a GPU, from the cache)."""
+    use = getattr(getattr(split, "store", None), "use_device", None)
+    if use is not None:
+        use(rt.device)
+
+
 @torch.no_grad()
 def run_over(ctx: StageContext, model: nn.Module, split: ImageSet, fn) -> torch.Tensor:
     """``fn(model, x)`` over a whole split in order, in eval mode, with the stage's test-time preprocessing."""
     rt = ctx.runtime
     aug = ctx.augment(ctx.stage.eval_augment)
     g, g_cpu = torch.Generator(device=rt.device), torch.Generator()
+    decode_on(split, rt)
 
     def load(index):  # on the look-ahead thread: file images are cut to the input size there
         images, _ = split.load(index)

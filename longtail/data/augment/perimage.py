@@ -5,6 +5,9 @@ list, not a tensor. The op that makes them uniform (a random resized crop for tr
 plus centre crop for evaluation) runs here, per image, with Pillow, exactly as torchvision's PIL
 transforms do it: the crop box is drawn over the whole image, and the crop is resized with
 Pillow's antialiased bilinear filter. Every later op then runs batched on the device.
+
+Images decoded on a GPU (``torch.Tensor`` ``(3, H, W)``) take the same boxes and sizes, resized by
+``F.interpolate(..., antialias=True)``, torch's port of Pillow's filter (within a few grey levels).
 """
 from __future__ import annotations
 
@@ -13,18 +16,21 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
+from ..decode import target_size
 from .geometry import resized_crop_boxes
 
 
 @dataclass
 class ImageList:
-    """Decoded RGB images, each uint8 ``(H, W, 3)`` of its own size, and the device their batch goes to.
+    """Decoded RGB images, each uint8 ``(H, W, 3)`` of its own size (or a ``(3, H, W)`` tensor decoded on a
+    GPU), and the device their batch goes to.
 
     ``map`` runs the per-image work (Pillow releases the GIL): the decoding store's thread pool.
     """
 
-    images: list[np.ndarray]
+    images: list[np.ndarray | torch.Tensor]
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     map: Callable = field(default=map, repr=False, compare=False)
 
@@ -37,13 +43,25 @@ class ImageList:
     @property
     def sizes(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(N,) heights and widths."""
-        hw = torch.tensor([a.shape[:2] for a in self.images], dtype=torch.long).reshape(-1, 2)
+        hw = torch.tensor([_hw(a) for a in self.images], dtype=torch.long).reshape(-1, 2)
         return hw[:, 0], hw[:, 1]
 
 
-def _stack(crops: list[np.ndarray], size: int, device: torch.device) -> torch.Tensor:
+def _hw(a) -> tuple[int, int]:
+    return tuple(a.shape[1:]) if isinstance(a, torch.Tensor) else a.shape[:2]
+
+
+def _resize(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """uint8 ``(3, h, w)``: antialiased bilinear, as Pillow's BILINEAR."""
+    y = F.interpolate(x[None].float(), size=(h, w), mode="bilinear", antialias=True, align_corners=False)[0]
+    return y.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def _stack(crops: list, size: int, device: torch.device) -> torch.Tensor:
     if not crops:
         return torch.zeros((0, 3, size, size), dtype=torch.uint8, device=device)
+    if isinstance(crops[0], torch.Tensor):
+        return torch.stack(crops).to(device)
     x = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2)
     if device.type == "cuda":
         x = x.pin_memory()
@@ -62,6 +80,8 @@ def crop_resize_images(images: ImageList, boxes: torch.Tensor, size: int) -> tor
 
     def one(a, box):
         top, left, h, w = box
+        if isinstance(a, torch.Tensor):
+            return _resize(a[:, top:top + h, left:left + w], size, size)
         im = _pil(a).crop((left, top, left + w, top + h))  # crop, then resize: torchvision's F.resized_crop
         return np.asarray(im.resize((size, size), Image.Resampling.BILINEAR))
 
@@ -80,17 +100,20 @@ def resize_shorter(im, size: int):
     """torchvision's ``Resize(size)`` on a PIL image: shorter side to ``size``, the longer one truncated."""
     from PIL import Image
 
-    w, h = im.size
-    short, long = (w, h) if w <= h else (h, w)
-    new_short, new_long = size, int(size * long / short)
-    new = (new_short, new_long) if w <= h else (new_long, new_short)
-    return im if new == (w, h) else im.resize(new, Image.Resampling.BILINEAR)
+    h, w = target_size(im.size[1], im.size[0], size)
+    return im if (w, h) == im.size else im.resize((w, h), Image.Resampling.BILINEAR)
 
 
 def center_crop_resize_images(images: ImageList, size: int, crop_fraction: float = 0.875) -> torch.Tensor:
     """torchvision's ``Resize(round(size / crop_fraction))`` then ``CenterCrop(size)`` (256 then 224 by default)."""
     def one(a):
-        im = resize_shorter(_pil(a), int(round(size / crop_fraction)))
+        resize = int(round(size / crop_fraction))
+        if isinstance(a, torch.Tensor):
+            th, tw = target_size(*_hw(a), resize)
+            a = a if _hw(a) == (th, tw) else _resize(a, th, tw)
+            top, left = int(round((th - size) / 2.0)), int(round((tw - size) / 2.0))
+            return a[:, top:top + size, left:left + size]
+        im = resize_shorter(_pil(a), resize)
         w, h = im.size
         top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
         return np.asarray(im.crop((left, top, left + size, top + size)))
@@ -100,5 +123,5 @@ def center_crop_resize_images(images: ImageList, size: int, crop_fraction: float
 
 def square_images(images: ImageList) -> torch.Tensor:
     """The centre square of the shorter side, for pipelines that start with a batched op (small uniform images)."""
-    side = min((min(a.shape[:2]) for a in images.images), default=1)
+    side = min((min(_hw(a)) for a in images.images), default=1)
     return center_crop_resize_images(images, side, 1.0)
