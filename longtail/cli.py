@@ -38,13 +38,86 @@ def cmd_stats(args) -> int:
     validate(Recipe(data=cfg))
     root = None if args.dataset.startswith("cifar") else resolve_data_root(args.data_root, None)
     stats = dataset_stats(cfg, root) if root is not None else dataset_stats(cfg)
+    if args.hist:
+        from .report.plots import count_histogram
+
+        count_histogram(stats, Path(args.hist))
     if args.json:
         print(json.dumps(stats))
+        return 0
+    g, t, counts = stats["groups"], stats["thresholds"], stats["counts"]
+    print(f"{stats['dataset']}: {stats['num_classes']} classes, {stats['num_train']} training images, "
+          f"imbalance factor {stats['imbalance']:.1f} (max {max(counts)} / min {min(counts)})")
+    print(f"classes per group: many (> {t['many']} images) {g['many']}, medium {g['medium']}, few (< {t['few']}) {g['few']}")
+    if stats["num_classes"] <= args.list_classes:
+        group = lambda n: "many" if n > t["many"] else "few" if n < t["few"] else "medium"  # noqa: E731
+        width = max(len(n) for n in stats["class_names"])
+        for name, n in sorted(zip(stats["class_names"], counts), key=lambda r: -r[1]):
+            print(f"  {name:<{width}}  {n:>7}  {group(n)}")
+    if args.hist:
+        print(f"histogram: {args.hist}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    import time
+
+    from .predict import image_paths, load, predict_files
+
+    predictor = load(args.model, args.device)
+    paths = image_paths(args.images)
+    if not paths:
+        raise LongtailError(f"no images in {' '.join(args.images)} ({', '.join(IMAGE_SUFFIXES)})")
+    t0 = time.perf_counter()
+    rows = predict_files(predictor, paths, args.top_k, args.batch)
+    secs = time.perf_counter() - t0
+    bad = [r for r in rows if "error" in r]
+    if args.out:
+        write_predictions(rows, Path(args.out), args.top_k)
     else:
-        g = stats["groups"]
-        print(f"{stats['dataset']}: {stats['num_classes']} classes, {stats['num_train']} training images")
-        print(f"counts: max {max(stats['counts'])}, min {min(stats['counts'])}")
-        print(f"classes per group: many {g['many']}, medium {g['medium']}, few {g['few']}")
+        for r in rows:
+            print(f"{r['path']}\t{r['class']}\t{r['prob']:.4f}" if "error" not in r else f"{r['path']}\tERROR\t{r['error']}")
+    rate = (len(rows) - len(bad)) / secs if secs > 0 else 0.0
+    for r in bad:
+        print(f"longtail: skipped {r['error']}", file=sys.stderr)
+    print(f"{len(rows) - len(bad)} images predicted, {len(bad)} unreadable, {rate:.1f} img/s on {predictor.device}"
+          + (f"; wrote {args.out}" if args.out else ""), file=sys.stderr)
+    if args.timing:
+        from .engine.runtime import git_commit
+
+        Path(args.timing).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.timing).write_text(json.dumps({
+            "images": len(rows) - len(bad), "unreadable": len(bad), "seconds": round(secs, 3), "img_per_s": round(rate, 1),
+            "device": str(predictor.device), "threads": __import__("torch").get_num_threads(), "cpu_count": os.cpu_count(),
+            "batch": args.batch, "model": predictor.source, "commit": git_commit(),
+            "command": " ".join(["longtail", *sys.argv[1:]]), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=1))
+    return 0 if len(bad) < len(rows) else 2
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def write_predictions(rows: list[dict], path: Path, top_k: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() == ".json":
+        path.write_text(json.dumps(rows, indent=1))
+        return
+    import csv
+
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "class", "prob", *[f"{k}_{i + 1}" for i in range(top_k) for k in ("class", "prob")], "error"])
+        for r in rows:
+            top = [x for t in r.get("top", []) for x in (t["class"], t["prob"])]
+            w.writerow([r["path"], r.get("class", ""), r.get("prob", ""), *top, *[""] * (2 * top_k - len(top)), r.get("error", "")])
+
+
+def cmd_export(args) -> int:
+    from .predict import export
+
+    out = export(args.checkpoint, args.out)
+    for name in ("model.safetensors", "card.json", "program.pt2"):
+        print(out / name)
     return 0
 
 
@@ -74,6 +147,17 @@ def cmd_cache(args) -> int:
     for split, m in built.items():
         print(f"{split}: {m['count']} images, {m['bytes'] / 1e9:.2f} GB ({m['bytes'] / max(1, m['count']) / 1e3:.1f} KB each) in {m['dir']}")
     print(f"total {total / 1e9:.2f} GB")
+    return 0
+
+
+def cmd_example(args) -> int:
+    from .data.synthetic import make_example_folder
+
+    root = Path(args.folder)
+    if root.exists() and any(root.iterdir()):
+        raise LongtailError(f"{root} is not empty; choose a new folder for the example")
+    _, counts = make_example_folder(root, args.classes, args.max_per_class, args.imbalance)
+    print(f"{root}: {len(counts)} classes, {sum(counts)} images, {max(counts)} down to {min(counts)} per class")
     return 0
 
 
@@ -171,7 +255,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--few", type=int, help="few-shot: fewer than this many images (default 20)")
     s.add_argument("--data-root")
     s.add_argument("--json", action="store_true")
+    s.add_argument("--hist", metavar="PNG", help="also draw the class-count histogram to this file")
+    s.add_argument("--list-classes", type=int, default=50, help="list each class's count when there are at most this many")
     s.set_defaults(func=cmd_stats)
+    x = dsub.add_parser("example", help="write a small long-tailed image folder (generated photos) to try longtail on")
+    x.add_argument("folder")
+    x.add_argument("--classes", type=int, default=10)
+    x.add_argument("--max-per-class", type=int, default=200)
+    x.add_argument("--imbalance", type=float, default=20.0)
+    x.set_defaults(func=cmd_example)
     c = dsub.add_parser("cache", help="build the JPEG cache of a file dataset's images (resumable; training reads it)")
     c.add_argument("dataset", help="imagenet-lt, places-lt, inat2018, inat2017, folder, or a recipe whose data to cache")
     c.add_argument("--data-root")
@@ -222,6 +314,21 @@ def build_parser() -> argparse.ArgumentParser:
     bd.add_argument("--device")
     bd.add_argument("--results", default="results", help="folder for bench-data-<device>.json")
     bd.set_defaults(func=cmd_bench_data)
+
+    pr = sub.add_parser("predict", help="classify images with a trained stage (final.pt) or an export folder")
+    pr.add_argument("model", help="a stage's final.pt, or a folder written by 'longtail export'")
+    pr.add_argument("images", nargs="+", help="image files and folders (searched recursively)")
+    pr.add_argument("--top-k", type=int, default=5)
+    pr.add_argument("--out", help="write the predictions to a .csv or .json file (default: a line per image on stdout)")
+    pr.add_argument("--device", help="cpu, cuda or cuda:N (default cpu)")
+    pr.add_argument("--batch", type=int, default=64)
+    pr.add_argument("--timing", metavar="JSON", help="write images/s and provenance to this file")
+    pr.set_defaults(func=cmd_predict)
+
+    ex = sub.add_parser("export", help="write a stage as safetensors weights, a JSON card and a torch.export program")
+    ex.add_argument("checkpoint", help="a stage's final.pt")
+    ex.add_argument("--out", required=True, help="the folder to write")
+    ex.set_defaults(func=cmd_export)
 
     r = sub.add_parser("recipes", help="list the recipes")
     r.set_defaults(func=cmd_recipes)

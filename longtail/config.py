@@ -95,6 +95,9 @@ class OptimConfig:
     momentum: float = 0.9
     weight_decay: float = 2e-4
     nesterov: bool = False
+    # lr multipliers per part of the model, e.g. {backbone: 0.1} for a pretrained backbone under new layers
+    # (OLTR's and fine-tuning's practice); parts: backbone, neck, heads, adjust, aux
+    groups: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -242,7 +245,8 @@ def _coerce(value, tp, key: str):
     if tp is dict or origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
-        return dict(value)
+        args = typing.get_args(tp)
+        return {k: _coerce(v, args[1], f"{key}.{k}") for k, v in value.items()} if args else dict(value)
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -449,6 +453,9 @@ def keep_stages(recipe: Recipe, wanted: list[str]) -> None:
     recipe.stages = [s for s in recipe.stages if s.name in needed]
 
 
+OPTIM_GROUPS = ("backbone", "neck", "heads", "adjust", "aux")  # the Classifier's parts
+
+
 def validate(recipe: Recipe) -> None:
     names = [s.name for s in recipe.stages]
     if not names:
@@ -469,6 +476,12 @@ def validate(recipe: Recipe) -> None:
         raise ConfigError(f"data.imbalance must be >= 1, got {recipe.data.imbalance:g}")
     if recipe.data.few_threshold > recipe.data.many_threshold:
         raise ConfigError("data.few_threshold must not exceed data.many_threshold")
+    for s in recipe.stages:
+        bad = sorted(set(s.optim.groups) - set(OPTIM_GROUPS))
+        if bad:
+            raise ConfigError(f"stages.{s.name}.optim.groups: unknown part {bad[0]!r}; choose from {', '.join(OPTIM_GROUPS)}")
+        if any(not v >= 0 for v in s.optim.groups.values()):
+            raise ConfigError(f"stages.{s.name}.optim.groups: lr multipliers must be >= 0, got {s.optim.groups}")
     for key in ("image_size", "crop_size"):
         if getattr(recipe.data, key) < 0:
             raise ConfigError(f"data.{key} must be >= 0 (0: the dataset's default), got {getattr(recipe.data, key)}")

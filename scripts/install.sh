@@ -12,8 +12,8 @@ VPY=.venv/bin/python
 if ! "$VPY" -c "import torch" 2>/dev/null; then
   "$VPY" -m pip install -q -c constraints.txt "torch==2.13.0"
 fi
-if ! "$VPY" -c "import numpy, yaml, PIL, pytest, matplotlib, hypothesis" 2>/dev/null; then
-  "$VPY" -m pip install -q -c constraints.txt numpy pyyaml pillow pytest matplotlib hypothesis
+if ! "$VPY" -c "import numpy, yaml, PIL, pytest, matplotlib, hypothesis, safetensors" 2>/dev/null; then
+  "$VPY" -m pip install -q -c constraints.txt numpy pyyaml pillow pytest matplotlib hypothesis safetensors
 fi
 # Optional extras, as import-name:package; longtail works without them, so a failed install only warns.
 # scikit-learn: t-SNE in `longtail report` (PCA otherwise); the tests exercise it.

@@ -145,9 +145,11 @@ def test_unknown_or_missing_decoder_is_a_config_error(monkeypatch):
 def test_crop_and_quality_settings_are_checked(tmp_path):
     with pytest.raises(ConfigError, match="data.crop_size=300 is larger than data.image_size=256"):
         from longtail.config import DataConfig
-        from longtail.data.splitfile import crop_size
+        from longtail.data.splitfile import image_sizes
 
-        crop_size(DataConfig(crop_size=300), 256)
+        image_sizes(DataConfig(crop_size=300, image_size=256))
+    assert image_sizes(DataConfig()) == (256, 224) and image_sizes(DataConfig(crop_size=64)) == (73, 64)
+    assert image_sizes(DataConfig(image_size=24)) == (24, 24)
     with pytest.raises(ConfigError, match="data.cache_quality must be a JPEG quality in 1..100"):
         load_recipe("imagenet-lt/ce", ["data.cache_quality=0"])
     with pytest.raises(ConfigError, match="data.decoder"):

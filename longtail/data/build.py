@@ -52,8 +52,10 @@ def _check(cfg) -> None:
 
 def _folder(cfg, root: Path) -> Path:
     """The ``folder`` dataset's images: ``data.image_root`` (relative to the data root) or the root."""
-    folder = Path(cfg.image_root).expanduser() if cfg.image_root else root
-    return folder if folder.is_absolute() else root / folder
+    if not cfg.image_root:
+        return Path(root)
+    folder = Path(cfg.image_root).expanduser()
+    return folder if folder.is_absolute() else Path(root) / folder
 
 
 def build_data(cfg, root) -> DataBundle:
@@ -126,6 +128,7 @@ def dataset_stats(cfg, root=None) -> dict:
     train list (or scan the folder). ``imbalance`` is the configured IF for ``*-lt``,
     otherwise the measured ``max / min`` count."""
     _check(cfg)
+    names = None
     if cfg.dataset == "synthetic":
         counts = _synthetic(cfg).source["counts"]
     elif cfg.dataset in CIFAR_DATASETS:
@@ -138,6 +141,10 @@ def dataset_stats(cfg, root=None) -> dict:
         root = Path(root) if root is not None else resolve_data_root(None, cfg.root)
         if cfg.dataset == "folder":
             counts = folder_train_counts(_folder(cfg, root), cfg)
+            if not (cfg.train_split or cfg.val_split or cfg.test_split):
+                from .folder import scan_folder
+
+                names = scan_folder(_folder(cfg, root))[0]
         else:
             counts = split_train_counts(cfg.dataset, root, cfg)
     counts = [int(c) for c in counts]
@@ -147,5 +154,7 @@ def dataset_stats(cfg, root=None) -> dict:
         "num_classes": len(counts),
         "num_train": sum(counts),
         "counts": counts,
+        "class_names": names or [str(c) for c in range(len(counts))],
         "groups": group_sizes(counts, cfg.many_threshold, cfg.few_threshold),
+        "thresholds": {"many": cfg.many_threshold, "few": cfg.few_threshold},
     }

@@ -32,13 +32,12 @@ import numpy as np
 from ..errors import DataError
 from .images import DataBundle, ImageSet
 from .splitfile import (
-    DEFAULT_SIZE,
     IMAGENET_MEAN,
     IMAGENET_STD,
-    crop_size,
     decode_note,
     drop_bad_images,
     file_store,
+    image_sizes,
     load_split_dataset,
     split_train_counts,
 )
@@ -106,8 +105,7 @@ def load_folder_dataset(root, cfg) -> DataBundle:
     splits, (cap_test, cap_val) = split_folder(classes, files, cfg.val_per_class, cfg.val_seed)
     if not len(splits["test"][0]):
         raise DataError(f"image folder {root}: too few images for a test split (the median class needs >= 5)")
-    size = cfg.image_size or DEFAULT_SIZE
-    crop = crop_size(cfg, size)
+    size, crop = image_sizes(cfg)
     bad_images = {"policy": cfg.on_bad_image}
     if cfg.on_bad_image == "skip":  # after the split rule, so the split of the good images does not move
         splits, bad_images = drop_bad_images(root, splits, size, cfg.decoder)

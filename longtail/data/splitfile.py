@@ -30,12 +30,15 @@ DEFAULT_SIZE = 256  # stored shorter side: Resize(256) of evaluation, and room f
 DEFAULT_CROP = 224
 
 
-def crop_size(cfg, size: int) -> int:
-    """The model's input side: ``data.crop_size``, else 224 (or the stored size, if that is smaller)."""
+def image_sizes(cfg) -> tuple[int, int]:
+    """``(stored shorter side, model input side)``. Unset, they are 256 and 224; with only ``data.crop_size``
+    set, the stored side is the evaluation resize, ``round(crop / 0.875)``; with only ``image_size``, the
+    crop is 224 or the stored side if that is smaller."""
+    size = cfg.image_size or (int(round(cfg.crop_size / 0.875)) if cfg.crop_size else DEFAULT_SIZE)
     crop = cfg.crop_size or min(DEFAULT_CROP, size)
     if crop > size:
         raise ConfigError(f"data.crop_size={crop} is larger than data.image_size={size}, the stored shorter side")
-    return crop
+    return size, crop
 
 
 def file_store(root: Path, paths: list[str], size: int, cfg, split: str) -> FileStore:
@@ -240,8 +243,7 @@ def load_split_dataset(name: str, root, cfg, image_root=None) -> DataBundle:
     num_classes = max(int(labels.max()) for _, labels in lists.values()) + 1
     _check_classes(lists["train"][1], num_classes, files["train"])
 
-    size = cfg.image_size or DEFAULT_SIZE
-    crop = crop_size(cfg, size)
+    size, crop = image_sizes(cfg)
     bad_images = {"policy": cfg.on_bad_image}
     if cfg.on_bad_image == "skip":
         lists, bad_images = drop_bad_images(image_root, lists, size, cfg.decoder)

@@ -63,3 +63,45 @@ def make_jpeg_folder(root: Path, n: int, classes: int = 10, size=(500, 375), qua
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(natural_image(rng, h, w)).save(path, format="JPEG", quality=quality)
     return root
+
+
+EXAMPLE_SIZES = ((320, 240), (240, 320), (500, 375), (200, 200), (128, 96))  # (width, height)
+EXAMPLE_CLASSES = ("apple", "birch", "coral", "dune", "ember", "fjord", "glacier", "heath", "iris", "jade",
+                   "kelp", "lava", "moss", "nebula", "opal", "pine")
+
+
+def make_example_folder(root: Path, classes: int = 10, max_per_class: int = 200, imbalance: float = 20.0,
+                        seed: int = 0) -> tuple[Path, list[int]]:
+    """A long-tailed photo-like folder ``root/<class>/*``: class ``c`` has ``max / imbalance^(c / (C-1))`` images.
+
+    Each class has its own colour cast and a shape (a disc, bar or ring at its own place) over 1/f noise, so
+    it is learnable at 64 px. Sizes are mixed (landscape, portrait, square, small); every 7th image is a
+    greyscale JPEG and every 11th an RGBA PNG, as real folders are. Returns the root and the counts.
+    """
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    names = [EXAMPLE_CLASSES[c] if c < len(EXAMPLE_CLASSES) else f"class{c:03d}" for c in range(classes)]
+    tints = rng.uniform(-60, 60, (classes, 3))
+    counts = [max(2, int(max_per_class * (1 / imbalance) ** (c / max(1, classes - 1)))) for c in range(classes)]
+    k = 0
+    for c, (name, n) in enumerate(zip(names, counts)):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            w, h = EXAMPLE_SIZES[k % len(EXAMPLE_SIZES)]
+            yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+            cy, cx = 0.25 + 0.5 * ((c * 0.37) % 1), 0.25 + 0.5 * ((c * 0.61) % 1)
+            r = np.hypot(yy - cy * h / max(h, w), xx - cx * w / max(h, w))
+            shape = [r < 0.18, np.abs(yy - cy * h / max(h, w)) < 0.06, np.abs(r - 0.2) < 0.04][c % 3]
+            img = natural_image(rng, h, w).astype(np.float64) * 0.6 + 50 + tints[c]
+            img[shape] = img[shape] * 0.4 + 150
+            a = np.clip(img, 0, 255).astype(np.uint8)
+            if k % 7 == 3:
+                Image.fromarray(a).convert("L").save(root / name / f"{name}_{i:04d}.jpg", quality=90)
+            elif k % 11 == 5:
+                alpha = np.full((h, w, 1), 255, np.uint8)
+                Image.fromarray(np.concatenate([a, alpha], axis=2), "RGBA").save(root / name / f"{name}_{i:04d}.png")
+            else:
+                Image.fromarray(a).save(root / name / f"{name}_{i:04d}.jpg", quality=90)
+            k += 1
+    return root, counts

@@ -236,7 +236,7 @@ def train_stage(ctx: StageContext, stage_dir: Path, resume: bool = False) -> dic
         metrics = finish_stage(method, model, ctx, stage_dir, [], logger, 0.0, 0, fitted) if rt.is_main else {}
         rt.barrier()
         return metrics
-    optimizer = build_optimizer(method.parameters(model), stage.optim)
+    optimizer = build_optimizer(method.parameters(model), stage.optim, model)
     scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.amp_dtype == torch.float16)
 
     feeds = method.feeds()
@@ -302,7 +302,7 @@ def train_stage(ctx: StageContext, stage_dir: Path, resume: bool = False) -> dic
                 feeder.prefetch(shard(name, step + 1), (epoch, step + 1, name))
             lr = lr_at(gstep, total_steps, steps_per_epoch, stage.optim.lr, stage.schedule)
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)
             loss, parts = train_step(method, train_model, batch, g, optimizer, scaler, rt)
 
             parts = {"loss": loss.detach(), **parts}
@@ -340,6 +340,13 @@ def train_stage(ctx: StageContext, stage_dir: Path, resume: bool = False) -> dic
     return metrics
 
 
+def data_card(d: DataBundle) -> dict:
+    """What predicting with a stage needs of its data, without the data: classes, counts, normalisation, sizes."""
+    return {"name": d.name, "class_names": [str(n) for n in d.class_names] or [str(c) for c in range(d.num_classes)],
+            "train_counts": [int(c) for c in d.train_counts], "mean": list(d.mean), "std": list(d.std),
+            "image_size": d.image_size, "crop_size": d.input_size}
+
+
 def finish_stage(method: Method, model: nn.Module, ctx: StageContext, stage_dir: Path, history: list,
                  logger: MetricLogger, train_time: float, total_steps: int, fitted: dict | None = None,
                  img_per_s: float | None = None) -> dict:
@@ -369,5 +376,5 @@ def finish_stage(method: Method, model: nn.Module, ctx: StageContext, stage_dir:
     metrics["wall_seconds_total"] = round(sum(s["wall_seconds"] for s in segments), 2)
     metrics["train_img_per_s_last_segment"] = round(img_per_s, 1) if img_per_s else None
     save_atomic({"kind": "final", "stage": stage.name, "method": stage.method, "model": exported_state(model),
-                 "recipe": ctx.recipe.to_dict(), "metrics": metrics}, stage_dir / "final.pt")
+                 "recipe": ctx.recipe.to_dict(), "metrics": metrics, "data": data_card(ctx.data)}, stage_dir / "final.pt")
     return metrics

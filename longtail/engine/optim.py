@@ -8,8 +8,16 @@ import torch
 from ..config import OptimConfig, ScheduleConfig
 
 
-def build_optimizer(params, cfg: OptimConfig) -> torch.optim.SGD:
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+def build_optimizer(params, cfg: OptimConfig, model: torch.nn.Module | None = None) -> torch.optim.SGD:
+    """SGD over ``params``; with ``cfg.groups``, one parameter group per part of ``model`` (its top-level
+    module: backbone, neck, heads...), whose ``lr_scale`` multiplies the schedule's lr at every step."""
+    params = list(params)
+    groups = [{"params": params, "lr_scale": 1.0}]
+    if cfg.groups and model is not None:
+        part = {id(p): name.split(".", 1)[0] for name, p in model.named_parameters()}
+        scales = sorted({cfg.groups.get(part.get(id(p)), 1.0) for p in params})
+        groups = [{"params": [p for p in params if cfg.groups.get(part.get(id(p)), 1.0) == sc], "lr_scale": sc} for sc in scales]
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                            nesterov=cfg.nesterov and cfg.momentum > 0)
 
 

@@ -212,3 +212,20 @@ def plot_confused_pairs(pairs: list[tuple[str, int]], path: Path, title: str) ->
     ax.set_xlabel("test images")
     ax.set_title(title, fontsize=10)
     return _save(plt, fig, path)
+
+
+def count_histogram(stats: dict, path: Path) -> str | None:
+    """Training images per class, classes sorted by count, the many / medium / few spans shaded."""
+    plt = _pyplot()
+    if plt is None:
+        return None
+    counts, t = stats["counts"], stats["thresholds"]
+    order = _by_count(counts)
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    ax.bar(range(len(order)), [counts[c] for c in order], width=1.0, color="#4c72b0")
+    ax.set_yscale("log")
+    _shade_groups(ax, [counts[c] for c in order], t["many"], t["few"])
+    ax.set_xlabel("class (most images first)")
+    ax.set_ylabel("training images")
+    ax.set_title(f"{stats['dataset']}: {stats['num_classes']} classes, imbalance {stats['imbalance']:.1f}", fontsize=9, pad=14)
+    return _save(plt, fig, path)

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# `longtail predict` images/s on a generated long-tailed folder (1,000+ images of mixed sizes), with a model
+# trained on it for one epoch (accuracy is not the point): writes results/predict-<device>.json.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install.sh
+export MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=17179869184
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+.venv/bin/longtail data example "$work/photos" --max-per-class 300 --imbalance 5
+.venv/bin/longtail train folder/ce --data-root "$work/photos" --out "$work/run" --epochs-scale 0.05 --set runtime.progress=false > /dev/null
+.venv/bin/longtail predict "$work/run/ce/final.pt" "$work/photos" --out "$work/preds.csv" --timing "results/predict-${1:-cpu}.json" "${@:2}"
+cat "results/predict-${1:-cpu}.json"
