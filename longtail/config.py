@@ -408,7 +408,10 @@ def expand_stage_defaults(data: dict) -> dict:
     if not isinstance(defaults, dict):
         raise ConfigError("stage_defaults: expected a mapping of stage fields")
     from_dict(StageConfig, {k: v for k, v in defaults.items() if k != "name"}, "stage_defaults")  # typo check
-    data["stages"] = [_merge(defaults, s) if isinstance(s, dict) else s for s in data.get("stages", [StageConfig().name])]
+    stages = data.get("stages", [StageConfig().name])
+    if not isinstance(stages, list):
+        raise ConfigError(f"stages: expected a list of stages, got {stages!r}")
+    data["stages"] = [_merge(defaults, s) if isinstance(s, dict) else s for s in stages]
     return data
 
 
