@@ -29,7 +29,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank, world, port, out):
+def _worker(rank, world, port, out, batch=32):
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
     torch.set_num_threads(1)
@@ -37,7 +37,7 @@ def _worker(rank, world, port, out):
     from test_engine import tiny_recipe  # noqa: E402  (same tiny recipe as the engine tests)
     from longtail.engine.pipeline import run_recipe
 
-    recipe = tiny_recipe(epochs=1, method="ce_record")
+    recipe = tiny_recipe(epochs=1, method="ce_record", batch_size=batch)
     captured = {}
     original = RecordingCE.loss
 
@@ -48,6 +48,7 @@ def _worker(rank, world, port, out):
     RecordingCE.loss = grab
     run_recipe(recipe, out / "run", data=synthetic_bundle(num_classes=6, max_per_class=100, imbalance=10, size=16))
     np.save(out / f"seen{rank}.npy", np.concatenate(RecordingCE.seen))
+    np.save(out / f"steps{rank}.npy", np.array([len(s) for s in RecordingCE.seen]))
     torch.save(captured["model"].state_dict(), out / f"weights{rank}.pt")
     torch.distributed.destroy_process_group()
 
@@ -63,6 +64,29 @@ def test_two_ranks_see_disjoint_samples(tmp_path):
     w0, w1 = (torch.load(tmp_path / f"weights{r}.pt", weights_only=True) for r in (0, 1))
     params = [k for k in w0 if "running" not in k and "num_batches" not in k]
     assert all(torch.allclose(w0[k], w1[k]) for k in params)  # gradients were averaged across ranks
+
+
+def test_an_awkward_batch_gives_every_rank_an_equal_nonempty_share(tmp_path):
+    n_train = len(synthetic_bundle(num_classes=6, max_per_class=100, imbalance=10, size=16).train)
+    # batch N - 1: the epoch's second batch holds one image, which would leave rank 1 with none (a NaN loss, then a hang)
+    mp.spawn(_worker, args=(2, _free_port(), tmp_path, n_train - 1), nprocs=2, join=True)
+    steps = [np.load(tmp_path / f"steps{r}.npy").tolist() for r in (0, 1)]
+    assert steps[0] == steps[1] == [n_train // 2, 1]  # 251 padded to 252, then 1 padded to 2
+    a, b = np.load(tmp_path / "seen0.npy"), np.load(tmp_path / "seen1.npy")
+    assert sorted(set(a.tolist()) | set(b.tolist())) == list(range(n_train))
+    assert len(set(a.tolist()) & set(b.tolist())) == 2  # only the padded repeats are shared
+    assert (tmp_path / "run" / "results.json").is_file()
+
+
+def test_padding_of_a_batch_that_the_world_does_not_divide():
+    from longtail.data.samplers import InstanceSampler
+
+    s = InstanceSampler(np.zeros(7, np.int64), batch_size=5)
+    plan = s.plan(0)  # batches of 5 and 2
+    shares = [[s.batch(0, k, r, 3, plan).tolist() for r in range(3)] for k in range(2)]
+    assert [len(x) for x in shares[0]] == [2, 2, 2] and [len(x) for x in shares[1]] == [1, 1, 1]
+    assert sorted(sum(shares[0], [])) == sorted(plan[0].tolist() + plan[0][:1].tolist())
+    assert s.batch(0, 0, 0, 1, plan).tolist() == plan[0].tolist()  # one process: untouched
 
 
 def test_torchrun_two_ranks_train_a_recipe_from_the_cli(tmp_path):

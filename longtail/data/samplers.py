@@ -45,9 +45,17 @@ class Sampler:
         return [idx[i : i + self.batch_size] for i in range(0, len(idx), self.batch_size)]
 
     def batch(self, epoch: int, step: int, rank: int = 0, world: int = 1, plan=None) -> np.ndarray:
-        """This rank's share of global batch ``step``: every ``world``-th index from ``rank``."""
+        """This rank's share of global batch ``step``: every ``world``-th index from ``rank``.
+
+        A batch that ``world`` does not divide (an epoch's last) is padded by repeating its first images, as
+        ``DistributedSampler`` pads, so every rank gets an equal, non-empty share: an empty one would give
+        that rank a NaN loss and leave the others waiting in the all-reduce.
+        """
         plan = plan if plan is not None else self.plan(epoch)
-        return plan[step][rank::world]
+        b = plan[step]
+        if world > 1 and len(b) % world:
+            b = np.resize(b, -(-len(b) // world) * world)
+        return b[rank::world]
 
 
 class InstanceSampler(Sampler):
