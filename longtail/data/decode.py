@@ -143,6 +143,9 @@ def exif_orientation(data: bytes) -> int:
     """The EXIF orientation tag (1 = upright) of an encoded image; 1 where it has none or it cannot be read."""
     from PIL import Image
 
+    head = data[:1 << 16]  # JPEG APP1, PNG eXIf and WebP EXIF come before the pixels
+    if b"Exif" not in head and b"eXIf" not in head and b"EXIF" not in head:
+        return 1  # most files: no EXIF, no header parse
     try:
         with Image.open(io.BytesIO(data)) as im:
             value = im.getexif().get(0x0112, 1)
@@ -151,13 +154,13 @@ def exif_orientation(data: bytes) -> int:
         return 1
 
 
-def decode_bytes(data: bytes, size: int, decoder: str = "auto", where: str = "image") -> np.ndarray:
+def decode_bytes(data: bytes, size: int, decoder: str = "auto", where: str = "image", orient: bool = True) -> np.ndarray:
     """uint8 ``(H, W, 3)`` with shorter side ``size``, upright by its EXIF orientation (phone photos; the
     papers' loaders ignore the tag, which ImageNet images almost never carry); a bad file is a DataError
     naming ``where``."""
     try:
         a, original = DECODERS[pick_decoder(decoder)](data, size)
-        orientation = exif_orientation(data)
+        orientation = exif_orientation(data) if orient else 1
         if orientation != 1:
             a = np.ascontiguousarray(ORIENT[orientation](a))
             original = original[::-1] if orientation >= 5 else original

@@ -75,10 +75,11 @@ def file_lock(path: Path):
 class JpegCache:
     """The re-encoded images of one list of files, in ``directory/<key>/``."""
 
-    def __init__(self, directory: Path, key: str, files: list[Path], size: int, quality: int = 85,
+    def __init__(self, directory: Path, key: str, files: list[Path], load, size: int, quality: int = 85,
                  decoder: str = "auto", threads: int = 0, square: bool = False):
+        """``load(path)`` gives the image to store (the store's own decode); ``decoder`` and ``square`` are recorded."""
         self.dir, self.key, self.files, self.size, self.quality = Path(directory) / key, key, files, size, quality
-        self.decoder, self.threads, self.square = decoder, threads or (os.cpu_count() or 1), square
+        self.load, self.decoder, self.threads, self.square = load, decoder, threads or (os.cpu_count() or 1), square
         self._offsets = self._data = None
 
     @property
@@ -116,17 +117,17 @@ class JpegCache:
                 return
             n_shards = -(-len(self.files) // SHARD)
             todo = [k for k in range(n_shards) if not self._shard_done(k)]
-            bar = ProgressBar(len(self.files), f"[cache {self.dir.name[:8]}]", start=len(self.files) - sum(
-                min(SHARD, len(self.files) - k * SHARD) for k in todo), enabled=progress)
+            remaining = sum(min(SHARD, len(self.files) - k * SHARD) for k in todo)
+            bar = ProgressBar(len(self.files), f"[cache {self.dir.name[:8]}]", start=len(self.files) - remaining, enabled=progress)
             per_image = 64 * 1024  # a safe guess until the first shard is measured
             with ThreadPoolExecutor(self.threads, thread_name_prefix="cache") as pool:
                 for k in todo:
                     lo, hi = k * SHARD, min(len(self.files), (k + 1) * SHARD)
-                    remaining = sum(min(SHARD, len(self.files) - j * SHARD) for j in todo if j >= k)
                     self._check_space(per_image * (hi - lo) * 2, per_image * remaining)
                     blobs = list(pool.map(self._encode, self.files[lo:hi]))
                     self._write_shard(k, blobs, per_image * remaining)
                     per_image = max(per_image // 4, sum(map(len, blobs)) // len(blobs))
+                    remaining -= hi - lo
                     bar.update(hi - lo)
             bar.close()
             meta = {**self._expected(), "bytes": sum(self._shard(k)[0].stat().st_size for k in range(n_shards)),
@@ -135,8 +136,7 @@ class JpegCache:
             self._guarded(lambda: (_write(tmp, json.dumps(meta).encode()), os.replace(tmp, self.manifest_path)), [tmp], 0)
 
     def _encode(self, path: Path) -> bytes:
-        a = decode_image(path, self.size, self.decoder)
-        return encode_jpeg(centre_square(a) if self.square else a, self.quality)
+        return encode_jpeg(self.load(path), self.quality)
 
     def _check_space(self, need_now: int, need_total: int) -> None:
         free = free_bytes(self.dir)
@@ -234,7 +234,7 @@ class FileStore:
 
     def cache(self) -> JpegCache | None:
         if self.cache_dir and self._cache is None and len(self):
-            self._cache = JpegCache(self.cache_dir, self.cache_key(), [self.root / p for p in self.rel_paths],
+            self._cache = JpegCache(self.cache_dir, self.cache_key(), [self.root / p for p in self.rel_paths], self._decode,
                                     self.size, self.quality, self.decoder, self.threads, self.square)
         return self._cache
 
@@ -244,11 +244,16 @@ class FileStore:
             cache.build(progress)
         return cache
 
-    def _one(self, i: int) -> np.ndarray:
-        if self._cache is not None:
-            return decode_bytes(self._cache.get(i), self.size, self.decoder, f"{self.root / self.rel_paths[i]} (cached)")
-        a = decode_image(self.root / self.rel_paths[i], self.size, self.decoder)
+    def _decode(self, path: Path) -> np.ndarray:
+        """The file at ``path`` as this store holds it: shorter side ``size``, upright, centre square if ``square``."""
+        a = decode_image(path, self.size, self.decoder)
         return centre_square(a) if self.square else a
+
+    def _one(self, i: int) -> np.ndarray:
+        if self._cache is not None:  # stored upright, without EXIF: no orientation to read
+            return decode_bytes(self._cache.get(i), self.size, self.decoder, f"{self.root / self.rel_paths[i]} (cached)",
+                                orient=False)
+        return self._decode(self.root / self.rel_paths[i])
 
     def load(self, index) -> ImageList:
         index = np.asarray(index, dtype=np.int64).reshape(-1)

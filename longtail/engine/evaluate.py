@@ -15,14 +15,14 @@ def predict_logits(predict: Callable[[torch.Tensor], torch.Tensor], n: int, load
                    prepare: Callable[[object], torch.Tensor], batch_size: int) -> torch.Tensor:
     """Logits for images ``0..n-1``, in order: ``load(index)`` runs one batch ahead on a thread (file
     decoding overlaps the model), ``prepare`` turns what it returns into model input."""
-    starts = list(range(0, n, batch_size))
+    batches = [np.arange(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
     out = []
     with ThreadPoolExecutor(1, thread_name_prefix="eval-load") as pool:
-        ahead = [pool.submit(load, np.arange(i, min(i + batch_size, n))) for i in starts[:1]]
-        for k in range(len(starts)):
-            loaded = ahead.pop().result()
-            if k + 1 < len(starts):
-                ahead.append(pool.submit(load, np.arange(starts[k + 1], min(starts[k + 1] + batch_size, n))))
+        ahead = pool.submit(load, batches[0]) if batches else None
+        for k in range(len(batches)):
+            loaded = ahead.result()
+            if k + 1 < len(batches):
+                ahead = pool.submit(load, batches[k + 1])
             out.append(predict(prepare(loaded)).float().cpu())
     return torch.cat(out) if out else torch.empty(0)
 

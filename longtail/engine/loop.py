@@ -113,7 +113,7 @@ class Feeder:
         raw, labels = self.split.load(index)
         if not isinstance(raw, ImageList):
             return raw, raw, labels, False
-        x = self.augment.size_images(raw, step_generator(torch.device("cpu"), *self.seed_parts, *key, "size"))
+        x, _ = cut_files(self.augment, raw, step_generator(torch.device("cpu"), *self.seed_parts, *key, "size"))
         if self.rt.device.type == "cuda" and not x.is_cuda:
             x = x.pin_memory()
         return x, raw.to(self.rt.device), labels, True
@@ -139,6 +139,13 @@ class Feeder:
         return Batch(x, y, torch.from_numpy(index).to(self.rt.device), raw)
 
 
+def cut_files(aug: Augment, images, g: torch.Generator) -> tuple[torch.Tensor, bool]:
+    """``(batch, sized)``: file images cut to the input size by the augmentation's first op; tensors as they are."""
+    if isinstance(images, ImageList):
+        return aug.size_images(images, g), True
+    return images, False
+
+
 def decode_on(split: ImageSet, rt: Runtime) -> None:
     """Let a file store decode on the training device where it can (nvJPEG on a GPU, from the cache)."""
     use = getattr(getattr(split, "store", None), "use_device", None)
@@ -155,8 +162,7 @@ def run_over(ctx: StageContext, model: nn.Module, split: ImageSet, fn) -> torch.
     decode_on(split, rt)
 
     def load(index):  # on the look-ahead thread: file images are cut to the input size there
-        images, _ = split.load(index)
-        return (aug.size_images(images, g_cpu), True) if isinstance(images, ImageList) else (images, False)
+        return cut_files(aug, split.load(index)[0], g_cpu)
 
     def prepare(loaded):
         x, sized = loaded

@@ -15,8 +15,8 @@ def build_optimizer(params, cfg: OptimConfig, model: torch.nn.Module | None = No
     groups = [{"params": params, "lr_scale": 1.0}]
     if cfg.groups and model is not None:
         part = {id(p): name.split(".", 1)[0] for name, p in model.named_parameters()}
-        scales = sorted({cfg.groups.get(part.get(id(p)), 1.0) for p in params})
-        groups = [{"params": [p for p in params if cfg.groups.get(part.get(id(p)), 1.0) == sc], "lr_scale": sc} for sc in scales]
+        scale = [cfg.groups.get(part.get(id(p)), 1.0) for p in params]
+        groups = [{"params": [p for p, s in zip(params, scale) if s == sc], "lr_scale": sc} for sc in sorted(set(scale))]
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                            nesterov=cfg.nesterov and cfg.momentum > 0)
 
