@@ -1,14 +1,21 @@
 #!/usr/bin/env bash
-# Commit the resumable state of the full runs under results/full/ every INTERVAL seconds (default 600),
+# Commit the resumable state of the full runs under results/full/ every INTERVAL seconds (default 1200),
 # so a stop loses at most that much training. Only results/full is committed; other work is left alone.
+# A submission's size is capped (packed and as diffs): while HEAD is still the last state commit it is
+# amended rather than followed by another, so a checkpoint rewritten every interval is submitted once.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-interval=${1:-600}
+interval=${1:-1200}
+landed=${LANDED:-$(git rev-parse HEAD)}
+msg="Full runs: resumable state"
 while true; do
   sleep "$interval"
   # A finished stage (final.pt written) never reads its checkpoint again: drop it to keep the repo small.
   for f in results/full/*/*/*/final.pt; do [ -e "$f" ] && rm -f "$(dirname "$f")/checkpoint.pt"; done
   git add -A results/full 2>/dev/null || continue
   git diff --cached --quiet -- results/full && continue
-  git commit -q -m "Full runs: resumable state $(date -u +%Y-%m-%dT%H:%MZ)" -- results/full || true
+  amend=()
+  # never amend what has landed: LANDED (default: the commit this loop started on) and its ancestors
+  if git log -1 --format=%s | grep -q "^$msg" && ! git merge-base --is-ancestor HEAD "$landed"; then amend=(--amend); fi
+  git commit -q "${amend[@]}" -m "$msg $(date -u +%Y-%m-%dT%H:%MZ)" -- results/full || true
 done
