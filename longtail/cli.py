@@ -205,6 +205,14 @@ def cmd_bench_reproduce(args) -> int:
     return 0
 
 
+def cmd_bench_full(args) -> int:
+    from .bench.full import full_table, render
+
+    doc = full_table(args.root, args.table, args.imbalance, args.seed, args.device, args.results, args.readme)
+    print(render(doc), end="")
+    return 0
+
+
 def cmd_bench_throughput(args) -> int:
     from .bench.throughput import throughput
 
@@ -293,6 +301,15 @@ def build_parser() -> argparse.ArgumentParser:
     br.add_argument("--readme", default="README.md", help="a file whose <!-- bench:TABLE-TAG --> block gets the table")
     br.add_argument("--render-only", action="store_true", help="re-render the markdown from the results file; train nothing")
     br.set_defaults(func=cmd_bench_reproduce)
+    bf = bsub.add_parser("full", help="the full-schedule table from the committed run folders (trains nothing)")
+    bf.add_argument("--root", default="results/full", help="holds <table>-if<IF>/<recipe>-s<seed>/")
+    bf.add_argument("--table", default="cifar100-lt", choices=["cifar100-lt", "cifar10-lt"])
+    bf.add_argument("--imbalance", type=float, default=100.0)
+    bf.add_argument("--seed", type=int, default=0)
+    bf.add_argument("--device", default="cpu", help="the device tag the runs were made on (file name and caption)")
+    bf.add_argument("--results", default="results", help="folder for full-<table>-if<IF>-s<seed>-<device>.json")
+    bf.add_argument("--readme", default="README.md", help="a file whose <!-- bench:full-... --> block gets the table")
+    bf.set_defaults(func=cmd_bench_full)
     bt = bsub.add_parser("throughput", help="training images/s: model alone, the longtail loop, a classic PIL pipeline, per method")
     bt.add_argument("--data-root")
     bt.add_argument("--device")

@@ -1,0 +1,161 @@
+"""``longtail bench full``: the full-schedule table, read from the run folders the full runs commit.
+
+Nothing is trained here. Each row is one stage of one run folder
+``<root>/<table>-if<IF>/<recipe>-s<seed>/<stage>/``: a finished stage's numbers come from its ``final.pt``
+(loaded weights-only), a running one shows the epoch its ``metrics.jsonl`` reached, a missing one says so.
+A row whose segments include a ``-dirty`` commit is flagged: its code is not exactly a committed tree.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..engine.checkpoint import load_checkpoint, write_text_atomic
+from ..errors import LongtailError
+from .reproduce import PAPER
+from .tables import _short, replace_block
+
+GROUPS = ("top1", "many", "medium", "few")
+
+
+@dataclass(frozen=True)
+class FullRow:
+    label: str
+    recipe: str
+    stage: str
+    paper_key: str | None = None  # a key of reproduce.PAPER[table]
+
+
+ROWS = [
+    FullRow("SSD I: CE + rotation (BBN schedule)", "ssd", "stage1"),
+    FullRow("SSD II: LWS teacher", "ssd", "stage2"),
+    FullRow("SSD III: hard head", "ssd", "stage3"),
+    FullRow("SSD III: soft head", "ssd", "stage3_soft"),
+    FullRow("**SSD** (IV: LWS on the hard head)", "ssd", "stage4", "SSD"),
+    FullRow("**BalanceAux** (CBS + RRS + SS)", "balance_aux", "main"),
+    FullRow("BalanceAux without SS (CBS + RRS)", "balance_aux_noss", "main"),
+    FullRow("CBD teacher, standard", "cbd", "teacher_std"),
+    FullRow("CBD teacher, data augmentation", "cbd", "teacher_aug"),
+    FullRow("Class-balanced sampling", "cbd", "cbs"),
+    FullRow("cRT (CBD's teacher)", "cbd", "crt"),
+    FullRow("**CBD** (K = 1)", "cbd", "cbd"),
+    FullRow("**CBD_ENS** (K = 2)", "cbd", "cbd_ens"),
+    FullRow("Teacher ensemble", "cbd", "ensemble"),
+    FullRow("CE (LDAM schedule)", "decoupling", "ce", "CE"),
+    FullRow("cRT", "decoupling", "crt"),
+    FullRow("LWS", "decoupling", "lws", "LWS"),
+    FullRow("tau-norm (no bias)", "decoupling", "tau_norm"),
+    FullRow("NCM", "decoupling", "ncm"),
+    FullRow("fine-tune", "decoupling", "finetune"),
+    FullRow("logit adjustment (post hoc)", "decoupling", "logit_adjust"),
+    FullRow("CE (BBN schedule)", "decoupling", "ce_bbn", "CE"),
+]
+
+
+def _last_epoch(metrics: Path) -> int | None:
+    epoch = None
+    if metrics.is_file():
+        for line in metrics.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by a kill mid-write
+                continue
+            if "epoch" in rec:
+                epoch = rec["epoch"]
+    return epoch
+
+
+def _planned_epochs(run: Path, stage: str) -> int | None:
+    import yaml
+
+    try:
+        doc = yaml.safe_load((run / "recipe.yaml").read_text())
+        return next(s.get("epochs") for s in doc["stages"] if s["name"] == stage)
+    except (OSError, yaml.YAMLError, KeyError, TypeError, StopIteration):
+        return None
+
+
+def read_row(row: FullRow, run: Path, paper: dict, imbalance: float) -> dict:
+    """One table row as a dict: status, scores, paper gap, wall time, img/s and the commits that ran it."""
+    stage_dir = run / row.stage
+    out = {"label": row.label, "recipe": row.recipe, "stage": row.stage, "run": str(run),
+           "paper": paper.get(row.paper_key, {}).get(imbalance) if row.paper_key else None}
+    final = stage_dir / "final.pt"
+    if final.is_file():
+        try:
+            m = load_checkpoint(final)["metrics"]
+        except (LongtailError, KeyError) as e:
+            return {**out, "status": f"unreadable final.pt ({e})"}
+        commits = [s.get("commit") for s in m.get("segments", [])]
+        out.update({"status": "done", **{k: m.get(k) for k in GROUPS}, "epochs": m.get("epochs"),
+                    "wall_seconds": m.get("wall_seconds_total") or m.get("train_seconds"),
+                    "img_per_s": m.get("train_img_per_s_last_segment"), "segments": len(commits),
+                    "commits": sorted({_short(c) for c in commits if c}),
+                    "dirty": any(c and c.endswith("-dirty") for c in commits)})
+        if out["paper"] is not None and out["top1"] is not None:
+            out["gap"] = round(out["top1"] - out["paper"], 2)
+        return out
+    epoch = _last_epoch(stage_dir / "metrics.jsonl")
+    if epoch is None:
+        return {**out, "status": "not started"}
+    return {**out, "status": "running", "epoch": epoch, "epochs": _planned_epochs(run, row.stage),
+            "resumable": (stage_dir / "checkpoint.pt").is_file()}
+
+
+def _fmt(v, nd=2) -> str:
+    return "–" if v is None else f"{v:.{nd}f}"
+
+
+def _wall(s: float | None) -> str:
+    if not s:
+        return "–"
+    return f"{s / 3600:.1f} h" if s >= 5400 else f"{s / 60:.0f} min"
+
+
+def render(doc: dict) -> str:
+    lines = [f"CIFAR-100-LT, IF = {doc['imbalance']:g}, seed {doc['seed']}, device {doc['device']}; "
+             f"top-1 % on the balanced test set (many / medium / few: > 100, 20–100, < 20 training images). "
+             f"Wall time is the stage's own, summed over its segments.", "",
+             "| method | top-1 | many | medium | few | paper | gap | wall | img/s | run |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in doc["rows"]:
+        link = f"[{r['recipe']}/{r['stage']}]({r['run']}/{r['stage']})"
+        paper = _fmt(r["paper"], 1) if r["paper"] is not None else "–"
+        if r["status"] == "done":
+            flag = " (dirty)" if r["dirty"] else ""
+            lines.append(f"| {r['label']}{flag} | {_fmt(r['top1'])} | {_fmt(r['many'], 1)} | {_fmt(r['medium'], 1)} | "
+                         f"{_fmt(r['few'], 1)} | {paper} | {_fmt(r.get('gap'))} | {_wall(r['wall_seconds'])} | "
+                         f"{_fmt(r['img_per_s'], 0)} | {link} |")
+        else:
+            state = (f"running: epoch {r['epoch']} of {r['epochs'] or '?'}" if r["status"] == "running" else r["status"])
+            lines.append(f"| {r['label']} | {state} | | | | {paper} | | | | {link} |")
+    dirty = [r["label"] for r in doc["rows"] if r.get("dirty")]
+    if dirty:
+        lines += ["", "(dirty): at least one segment of that stage ran from a tree with uncommitted changes."]
+    lines += ["", f"Paper numbers: {doc['paper_source']}. Written by `longtail bench full` from the run folders; "
+              f"per-row commits, segments and img/s are in `{doc['results_file']}`."]
+    return "\n".join(lines) + "\n"
+
+
+def full_table(root: str | Path = "results/full", table: str = "cifar100-lt", imbalance: float = 100, seed: int = 0,
+               device: str = "cpu", results: str | Path = "results", readme: str | Path | None = "README.md") -> dict:
+    """Read every row's run folder, write ``<results>/full-<table>-if<IF>-s<seed>-<device>.json`` and the README block."""
+    from .reproduce import PAPER_SOURCE
+
+    root = Path(root)
+    key = f"full-{table}-if{imbalance:g}-s{seed}-{device}"
+    out_json = Path(results) / f"{key}.json"
+    paper = PAPER.get(table, {})
+    rows = [read_row(r, root / f"{table}-if{imbalance:g}" / f"{r.recipe}-s{seed}", paper, imbalance) for r in ROWS]
+    doc = {"table": table, "imbalance": imbalance, "seed": seed, "device": device, "paper_source": PAPER_SOURCE,
+           "results_file": str(out_json), "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "rows": rows}
+    md = render(doc)
+    write_text_atomic(out_json, json.dumps(doc, indent=1) + "\n")
+    if readme and Path(readme).is_file():
+        text = Path(readme).read_text()
+        new = replace_block(text, f"bench:{key}", md)
+        if new != text:
+            write_text_atomic(readme, new)
+    return doc

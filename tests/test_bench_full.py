@@ -1,0 +1,61 @@
+"""`longtail bench full`: rows read from run folders (finished, running, missing), gaps, flags and the README block."""
+import json
+
+import yaml
+
+from longtail.bench.full import ROWS, full_table
+from longtail.cli import main
+from longtail.engine.checkpoint import save_atomic
+
+
+def _finished(stage_dir, top1, commits, wall=(100.0, 50.0), rate=512.3):
+    segs = [{"commit": c, "wall_seconds": w} for c, w in zip(commits, wall)]
+    metrics = {"top1": top1, "many": 60.0, "medium": 40.0, "few": 10.0, "epochs": 200, "segments": segs,
+               "wall_seconds_total": sum(wall[:len(commits)]), "train_img_per_s_last_segment": rate}
+    stage_dir.mkdir(parents=True)
+    save_atomic({"kind": "final", "model": {}, "metrics": metrics}, stage_dir / "final.pt")
+
+
+def _fixture(tmp_path):
+    run = tmp_path / "full" / "cifar100-lt-if100"
+    _finished(run / "ssd-s0" / "stage4", 44.96, ["a" * 40, "b" * 40 + "-dirty"])
+    _finished(run / "decoupling-s0" / "lws", 41.65, ["c" * 40])
+    (run / "ssd-s0" / "recipe.yaml").write_text(yaml.safe_dump({"stages": [{"name": "stage3", "epochs": 200}]}))
+    s3 = run / "ssd-s0" / "stage3"
+    s3.mkdir()
+    lines = [{"step": 0, "event": "segment"}, {"step": 85, "epoch": 1, "loss": 1.0}, {"step": 10625, "epoch": 125}]
+    (s3 / "metrics.jsonl").write_text("\n".join(map(json.dumps, lines)) + '\n{"step": 10650, "epo')  # cut by a kill
+    (s3 / "checkpoint.pt").write_bytes(b"x")
+    readme = tmp_path / "README.md"
+    readme.write_text("before\n<!-- bench:full-cifar100-lt-if100-s0-cpu -->\nstale table\n<!-- /bench:full-cifar100-lt-if100-s0-cpu -->\nafter\n")
+    return readme
+
+
+def test_rows_carry_scores_paper_gap_wall_and_flags(tmp_path):
+    readme = _fixture(tmp_path)
+    doc = full_table(tmp_path / "full", results=tmp_path, readme=readme)
+    rows = {(r["recipe"], r["stage"]): r for r in doc["rows"]}
+    assert len(doc["rows"]) == len(ROWS)
+    ssd = rows[("ssd", "stage4")]
+    assert ssd["status"] == "done" and ssd["top1"] == 44.96 and ssd["paper"] == 46.0
+    assert ssd["gap"] == -1.04 and ssd["wall_seconds"] == 150.0 and ssd["segments"] == 2
+    assert ssd["dirty"] is True and ssd["commits"] == ["aaaaaaaaaaaa", "bbbbbbbbbbbb-dirty"]
+    lws = rows[("decoupling", "lws")]
+    assert lws["gap"] == round(41.65 - 42.3, 2) and lws["dirty"] is False
+    running = rows[("ssd", "stage3")]
+    assert running == {**running, "status": "running", "epoch": 125, "epochs": 200, "resumable": True}
+    assert rows[("cbd", "cbd")]["status"] == "not started"
+    # the results file is what was returned, and the README block between the markers was replaced
+    assert json.loads((tmp_path / "full-cifar100-lt-if100-s0-cpu.json").read_text())["rows"] == doc["rows"]
+    text = readme.read_text()
+    assert text.startswith("before\n") and text.endswith("after\n") and "stale table" not in text
+    assert "| **SSD** (IV: LWS on the hard head) (dirty) | 44.96 | 60.0 | 40.0 | 10.0 | 46.0 | -1.04 | 2 min | 512 |" in text
+    assert "| SSD III: hard head | running: epoch 125 of 200 |" in text
+
+
+def test_cli_prints_the_table(tmp_path, capsys):
+    readme = _fixture(tmp_path)
+    assert main(["bench", "full", "--root", str(tmp_path / "full"), "--results", str(tmp_path),
+                 "--readme", str(readme)]) == 0
+    out = capsys.readouterr().out
+    assert "| LWS | 41.65 |" in out and "not started" in out
