@@ -16,7 +16,9 @@ def build_optimizer(params, cfg: OptimConfig, model: torch.nn.Module | None = No
     if cfg.groups and model is not None:
         part = {id(p): name.split(".", 1)[0] for name, p in model.named_parameters()}
         scale = [cfg.groups.get(part.get(id(p)), 1.0) for p in params]
-        groups = [{"params": [p for p, s in zip(params, scale) if s == sc], "lr_scale": sc} for sc in sorted(set(scale))]
+        # Each group starts at its scaled lr, so the optimizer is right before the loop's first lr update too.
+        groups = [{"params": [p for p, s in zip(params, scale) if s == sc], "lr_scale": sc, "lr": cfg.lr * sc}
+                  for sc in sorted(set(scale))]
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                            nesterov=cfg.nesterov and cfg.momentum > 0)
 
