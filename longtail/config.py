@@ -148,6 +148,9 @@ class RuntimeConfig:
     report_features: int = 50  # test features kept per class for the report's t-SNE (0: none)
 
 
+DOC_FIELDS = ("description", "reference")  # a recipe's prose: what it trains does not depend on them
+
+
 @dataclass
 class Recipe:
     name: str = ""
@@ -169,8 +172,10 @@ class Recipe:
 
     def hash(self) -> str:
         """Over the fields a recipe sets away from their defaults, so a field added to longtail later
-        (at its default) leaves the hash of every earlier recipe, and the runs recorded under it, valid."""
-        blob = json.dumps(_non_defaults(self), sort_keys=True, default=str).encode()
+        (at its default) leaves the hash of every earlier recipe, and the runs recorded under it, valid.
+        The prose fields are left out: correcting a citation must not make a finished run look stale."""
+        fields = {k: v for k, v in _non_defaults(self).items() if k not in DOC_FIELDS}
+        blob = json.dumps(fields, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
@@ -408,7 +413,7 @@ def expand_stage_defaults(data: dict) -> dict:
     if not isinstance(defaults, dict):
         raise ConfigError("stage_defaults: expected a mapping of stage fields")
     from_dict(StageConfig, {k: v for k, v in defaults.items() if k != "name"}, "stage_defaults")  # typo check
-    stages = data.get("stages", [StageConfig().name])
+    stages = data.get("stages", [{"name": StageConfig().name}])  # a base recipe may set no stages
     if not isinstance(stages, list):
         raise ConfigError(f"stages: expected a list of stages, got {stages!r}")
     data["stages"] = [_merge(defaults, s) if isinstance(s, dict) else s for s in stages]

@@ -25,7 +25,7 @@ from .ssd import kd_loss
 
 
 def feature_distillation_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """CBD Eq. 4: 1 - cos(v, v_teacher), averaged over the batch."""
+    """CBD Eq. 2's l_F: 1 - cos(v, v_teacher), averaged over the batch."""
     return (1 - F.cosine_similarity(student.float(), teacher.float(), dim=1)).mean()
 
 
@@ -39,7 +39,7 @@ class CBDParams:
     teachers: list[str] = field(default_factory=list)  # stage names or paths to teachers' final.pt
     alpha: float = 0.4
     beta: float = 100.0
-    distill: str = choice("feature", "logit", "hybrid")  # Eq. 5 | Eq. 3 | both
+    distill: str = choice("feature", "logit", "hybrid")  # Eq. 2 (K teachers: Eq. 4) | Eq. 3 | both
     T: float = 2.0  # logit distillation temperature
     relu: bool = True  # ReLU after h: d -> d*K when K > 1 (official code)
     la_tau: float = 0.0  # > 0: CE is replaced by the logit-adjusted loss (CBD + LA)
@@ -47,7 +47,7 @@ class CBDParams:
 
 @register
 class ClassBalancedDistillation(Method):
-    """L = (1 - alpha) * CE + alpha * beta * (1 - cos(h(v), [v_1; ...; v_K])) (CBD Eq. 5)."""
+    """L = (1 - alpha) * CE + alpha * beta * (1 - cos(h(v), [v_1; ...; v_K])) (CBD Eq. 4; Eq. 2 when K = 1)."""
 
     name = "cbd"
     Params = CBDParams
