@@ -8,6 +8,14 @@ The method is a pipeline of stages (see ``recipes/*/ssd.yaml``):
 * IV  ``lws`` on the stage-III hard head.
 
 This file holds stages I and III; II and IV are the LWS re-balancer.
+
+MoCo's key encoder and BatchNorm (stage I on ImageNet / iNat): if the momentum encoder normalised the
+same batch of images as the query encoder, BN statistics would leak the contrastive task. MoCo
+shuffles the batch across GPUs for the key encoder ("shuffle BN"); SSD's official ``builder.py`` does
+the same and so assumes several GPUs; MoCo's single-GPU CIFAR-10 demo instead splits the key batch
+into 8 BN groups. We do both, by where we run: under DDP the global batch is shuffled across ranks
+with a permutation that rank 0 draws from its per-step generator; on one device the batch is
+shuffled and the key encoder's BN runs over ``moco_bn_splits`` groups (``models/shuffle_bn.py``).
 """
 from __future__ import annotations
 
@@ -32,7 +40,7 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def kd_loss(student_logits: torch.Tensor, soft_targets: torch.Tensor, T: float) -> torch.Tensor:
-    """SSD Eq. 4: KD = -T^2 * sum_i p_i * log softmax(z_soft / T)_i, averaged over the batch."""
+    """SSD Eq. 5: KD = -T^2 * sum_i p_i * log softmax(z_soft / T)_i, averaged over the batch."""
     return -(T * T) * (soft_targets * F.log_softmax(student_logits / T, dim=1)).sum(dim=1).mean()
 
 
@@ -54,6 +62,7 @@ class SSLParams:
     moco_mlp: bool = True
     moco_mask_same_label: bool = False  # official code's extra: drop same-label negatives (off in the paper)
     key_augment: str = "moco_v2"  # augmentation of the momentum encoder's input only
+    moco_bn_splits: int = 8  # one device: key-encoder BN groups (MoCo's CIFAR demo); unused under DDP (shuffle across ranks)
 
 
 @register
@@ -67,6 +76,9 @@ class SSDSelfSupervised(Method):
         super().__init__(ctx)
         if self.p.self_sup == "moco":
             self.key_augment = ctx.augment(self.p.key_augment)
+        if self.p.moco_bn_splits < 1:
+            raise ConfigError(f"stages.{self.stage.name}.params.moco_bn_splits: must be a positive integer "
+                              f"(1: one BN batch), got {self.p.moco_bn_splits}")
 
     def build_model(self):
         model = super().build_model()
@@ -75,7 +87,7 @@ class SSDSelfSupervised(Method):
         elif self.p.self_sup == "moco":
             encoder = nn.Sequential(model.backbone, model.neck)
             model.aux["moco"] = MoCo(encoder, model.feature_dim, self.p.moco_dim, self.p.moco_queue,
-                                     self.p.moco_momentum, self.p.moco_tau, self.p.moco_mlp)
+                                     self.p.moco_momentum, self.p.moco_tau, self.p.moco_mlp, self.p.moco_bn_splits)
         return model
 
     def loss(self, model, batch, g):
@@ -95,7 +107,7 @@ class SSDSelfSupervised(Method):
             x_key = self.key_augment(b.raw, g)
             if self.ctx.runtime.channels_last:
                 x_key = x_key.contiguous(memory_format=torch.channels_last)
-            k = moco.keys(nn.Sequential(core.backbone, core.neck), x_key)
+            k = moco.keys(nn.Sequential(core.backbone, core.neck), x_key, g)
             l_self = moco.loss(out["feat"], k, b.y if self.p.moco_mask_same_label else None)
             moco.enqueue(k, b.y)
         loss = self.p.a1 * ce + self.p.a2 * l_self
@@ -113,7 +125,7 @@ class DistillParams:
 
 @register
 class SSDDistill(Method):
-    """Stage III: L = l1 * CE(y, z_hard) + l2 * KD(softmax(z_teacher / T), z_soft) (SSD Eqs. 3-5)."""
+    """Stage III: L = l1 * CE(y, z_hard) + l2 * KD(softmax(z_teacher / T), z_soft) (SSD Eq. 4-5)."""
 
     name = "ssd_distill"
     Params = DistillParams
