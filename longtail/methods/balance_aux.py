@@ -25,7 +25,7 @@ from torch import nn
 
 from ..data.augment import rotate90
 from ..errors import ConfigError
-from .base import Feed, Method, register
+from .base import Feed, Method, Term, add_aux, register
 from .ssd import rotation_batch, unwrap
 
 
@@ -53,10 +53,22 @@ class BalanceAux(Method):
         weights = {"cbs": self.p.l1, "rrs": self.p.l2}
         return {k: f for k, f in feeds.items() if weights[k] > 0}
 
+    def terms(self):
+        """The two class-head CEs, for a ``compose`` stage. The rotation term needs rotated copies in the
+        same backbone call, so it lives in ``loss`` only."""
+        c, terms = self.ctx.num_classes, {}
+        if self.p.l1 > 0:
+            terms["cbs"] = Term(self.p.l1, lambda core, out, b: F.cross_entropy(out["main"].float(), b.y), feed="cbs", heads=("main",))
+        if self.p.l2 > 0 and self.p.l1 > 0:
+            terms["rrs"] = Term(self.p.l2, lambda core, out, b: F.cross_entropy(core.aux["rrs_head"](out["feat"]).float(), b.y),
+                                feed="rrs", aux={"rrs_head": lambda d: nn.Linear(d, c)})
+        elif self.p.l2 > 0:  # RRS-only: the instance stream trains h itself
+            terms["rrs"] = Term(self.p.l2, lambda core, out, b: F.cross_entropy(out["main"].float(), b.y), feed="rrs", heads=("main",))
+        return terms
+
     def build_model(self):
         model = super().build_model()
-        if self.p.l1 > 0 and self.p.l2 > 0:
-            model.aux["rrs_head"] = nn.Linear(model.feature_dim, self.ctx.num_classes)
+        add_aux(model, self.terms())
         if self.p.rotation == "task":
             model.aux["rotation"] = nn.Linear(model.feature_dim, 4)
         return model

@@ -3,12 +3,15 @@
 The engine (``longtail.engine.loop``) owns everything else: sampling, device
 transfer, augmentation, precision, the optimiser, checkpoints, logging and
 evaluation. A method overrides only the hooks it needs, and most need just
-``loss``.
+``terms``: its loss as named, weighted terms. ``compose`` (at the end) is the
+stage that sums terms of several methods, so a combination is a recipe.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
-from typing import ClassVar
+from itertools import accumulate
+from typing import Callable, ClassVar
 
 import torch
 from torch import nn
@@ -39,6 +42,50 @@ class Feed:
 @dataclass
 class NoParams:
     pass
+
+
+@dataclass
+class Term:
+    """One named, weighted loss of a method. A method's step loss is the weighted sum of its terms, and a
+    ``compose`` stage sums terms picked from several methods, so a combination needs no method of its own."""
+
+    weight: float
+    fn: Callable[..., torch.Tensor]  # (the Classifier, its outputs on this feed's batch, the Batch) -> a scalar
+    feed: str = "x"  # the batch stream it reads
+    heads: tuple[str, ...] = ()  # the class heads it reads: a composed model builds their union
+    aux: dict[str, Callable[[int], nn.Module]] = field(default_factory=dict)  # training-only parts: name -> make(feature_dim)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The Classifier inside a DDP and/or torch.compile wrapper."""
+    model = getattr(model, "_orig_mod", model)
+    return getattr(model, "module", model)
+
+
+def add_aux(model: nn.Module, terms: dict[str, Term]) -> None:
+    """Build the training-only parts the terms need, in term order (so fresh weights depend on the seed only)."""
+    for t in terms.values():
+        for name, make in t.aux.items():
+            if name not in model.aux:
+                model.aux[name] = make(model.feature_dim)
+
+
+def weighted_loss(model: nn.Module, batch: dict[str, Batch], terms: dict[str, Term]) -> tuple[torch.Tensor, dict]:
+    """sum_i w_i * L_i. Every feed's batch goes through the backbone in one call: BatchNorm then normalises
+    over the union of the step's inputs, the model BalanceAux trains (see methods/balance_aux.py)."""
+    feeds = [f for f in batch if any(t.feed == f for t in terms.values())]
+    if len(feeds) == 1:
+        outs = {feeds[0]: model(batch[feeds[0]].x)}
+    else:
+        sizes = [len(batch[f].y) for f in feeds]
+        out = model(torch.cat([batch[f].x for f in feeds]))
+        outs = {f: {k: v[end - n : end] for k, v in out.items()} for f, n, end in zip(feeds, sizes, accumulate(sizes))}
+    core, loss, parts = unwrap(model), None, {}
+    for name, t in terms.items():
+        value = t.fn(core, outs[t.feed], batch[t.feed])
+        loss = t.weight * value if loss is None else loss + t.weight * value
+        parts[name] = value.detach()
+    return loss, parts
 
 
 METHODS: dict[str, type["Method"]] = {}
@@ -122,8 +169,13 @@ class Method:
         return {"x": Feed(self.stage.sampler)}
 
     # -- step ---------------------------------------------------------------
+    def terms(self) -> dict[str, Term]:
+        """The step's named, weighted losses, as this stage's params set them."""
+        raise NotImplementedError(f"method {self.name!r} does not split its loss into terms")
+
     def loss(self, model: nn.Module, batch: dict[str, Batch], g: torch.Generator) -> tuple[torch.Tensor, dict]:
-        raise NotImplementedError
+        """The weighted sum of ``terms``; a method whose loss needs more (extra views of the batch) overrides it."""
+        return weighted_loss(model, batch, self.terms())
 
     def report(self, model: nn.Module) -> dict:
         """Extra results of a trained stage for results.json (e.g. SSD's distilled-label distribution)."""
@@ -137,3 +189,100 @@ class Method:
     def predict(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """Test-time logits."""
         return model(x)[self.head_name]
+
+
+@dataclass
+class Part:
+    """One method whose terms a ``compose`` stage sums."""
+
+    method: str = ""
+    name: str = ""  # its terms are logged as <name>/<term>; default: the method's name
+    params: dict = field(default_factory=dict)  # that method's own params (its teachers, T, ...), as in a stage of it
+    terms: dict[str, float] = field(default_factory=dict)  # term -> weight; empty: all its terms at its own weights
+
+
+@dataclass
+class ComposeParams:
+    parts: list[Part] = field(default_factory=list)
+    head: str = ""  # the class head to test with; "": the first head a term reads
+
+
+@register
+class Compose(Method):
+    """L = sum_i w_i * L_i over terms that other methods define: a combination of methods as a recipe.
+
+    Each part is a method built on this stage (its params, its teachers), contributing its terms; the
+    model has the union of the terms' heads and training-only parts, the step the union of their feeds.
+    """
+
+    name = "compose"
+    Params = ComposeParams
+
+    def __init__(self, ctx):
+        super().__init__(ctx)
+        where = f"stages.{self.stage.name}.params"
+        if not self.p.parts:
+            raise ConfigError(f"{where}.parts: name at least one method whose loss terms to sum")
+        self.parts, self._terms = [], {}
+        for part in self.p.parts:
+            label = part.name or part.method
+            at = f"{where}.parts.{label}"
+            cls = get_method(part.method)
+            if cls is Compose or cls.scope != "all":  # a part's scope would freeze what the other parts train
+                raise ConfigError(f"{at}: {part.method!r} is not a method that trains the whole network; it cannot be a part")
+            sub = cls(dataclasses.replace(ctx, stage=dataclasses.replace(self.stage, name=f"{self.stage.name}.params.parts.{label}",
+                                                                         method=part.method, params=part.params)))
+            try:
+                offered = sub.terms()
+            except NotImplementedError as e:
+                raise ConfigError(f"{at}: {e}") from None
+            weights = part.terms or {k: t.weight for k, t in offered.items()}
+            for term, w in weights.items():
+                if term not in offered:
+                    raise ConfigError(f"{at}.terms.{term}: not a term of {part.method} with these params; it has {', '.join(offered)}")
+                if not w >= 0:
+                    raise ConfigError(f"{at}.terms.{term}: a weight must be >= 0, got {w}")
+                if f"{label}/{term}" in self._terms:
+                    raise ConfigError(f"{at}: two parts are named {label!r}; give one a 'name'")
+                if w > 0:  # a weight of 0 drops the term, as BalanceAux's weights drop a stream
+                    self._terms[f"{label}/{term}"] = dataclasses.replace(offered[term], weight=w)
+            self.parts.append(sub)
+        if not self._terms:
+            raise ConfigError(f"{where}.parts: every term has weight 0")
+        if self.p.head and self.p.head not in self.heads():
+            raise ConfigError(f"{where}.head: {self.p.head!r} is not a head of this model ({', '.join(self.heads())})")
+
+    def terms(self):
+        return self._terms
+
+    def heads(self):
+        if self.stage.init != "fresh":
+            return super().heads()
+        names = dict.fromkeys(h for t in self._terms.values() for h in t.heads)
+        return {h: self.ctx.num_classes for h in names} or {"main": self.ctx.num_classes}
+
+    @property
+    def head_name(self):
+        return self.p.head or next(iter(self.heads()))
+
+    def build_model(self):
+        model = super().build_model()
+        add_aux(model, self._terms)
+        return model
+
+    def prepare(self, model):
+        super().prepare(model)
+        for sub in self.parts:  # each loads its own teachers
+            sub.prepare(model)
+
+    def feeds(self):
+        """The feeds the chosen terms read, in part order: the first sets the epoch length."""
+        used, feeds = {t.feed for t in self._terms.values()}, {}
+        for sub in self.parts:
+            for name, feed in sub.feeds().items():
+                if name in used and feeds.setdefault(name, feed) != feed:
+                    raise ConfigError(f"stages.{self.stage.name}.params.parts: two parts read feed {name!r} with different samplers")
+        return feeds
+
+    def report(self, model):
+        return {"terms": {k: t.weight for k, t in self._terms.items()}}

@@ -20,7 +20,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..models.classifier import build_classifier, load_exported
-from .base import Method, register
+from .base import Method, Term, register
 from .ssd import kd_loss
 
 
@@ -72,34 +72,35 @@ class ClassBalancedDistillation(Method):
             counts = torch.as_tensor(self.ctx.train_counts, dtype=torch.float32).clamp(min=1)
             self.log_prior = torch.log(counts / counts.sum()).to(self.ctx.runtime.device)
 
+    # Frozen teachers, eval mode, no autograd, on the student's augmented batch.
     @torch.no_grad()
-    def teacher_outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Frozen teachers, eval mode, no autograd, on the student's augmented batch."""
-        outs = [t(x) for _, t in self.teachers]
-        feats = teacher_target([o["feat"] for o in outs])
-        logits = torch.stack([m.predict(t, x).float() for (m, t) in self.teachers]).mean(0) if self.p.distill != "feature" else None
-        return feats, logits
+    def teacher_features(self, x: torch.Tensor) -> torch.Tensor:
+        return teacher_target([t(x)["feat"] for _, t in self.teachers])
 
-    def loss(self, model, batch, g):
-        b = batch["x"]
-        out = model(b.x)
-        z = out[self.head_name].float()
-        ce = F.cross_entropy(z + self.p.la_tau * self.log_prior if self.p.la_tau > 0 else z, b.y)
-        v_hat, z_t = self.teacher_outputs(b.x)
-        parts = {"ce": ce.detach()}
-        distill = 0.0
+    @torch.no_grad()
+    def teacher_logits(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m.predict(t, x).float() for (m, t) in self.teachers]).mean(0)
+
+    def terms(self):
+        a, head = self.p.alpha, self.head_name
+        terms = {"ce": Term(1 - a, self.ce_term, heads=(head,))}
         if self.p.distill in ("feature", "hybrid"):
-            if out["feat"].shape[1] != v_hat.shape[1]:
-                raise ConfigError(f"stages.{self.stage.name}: student feature has {out['feat'].shape[1]} dims but the "
-                                  f"teachers' concatenation has {v_hat.shape[1]}; use teachers with the student's backbone")
-            fd = feature_distillation_loss(out["feat"], v_hat)
-            distill = distill + self.p.beta * fd
-            parts["feat"] = fd.detach()
+            terms["feat"] = Term(a * self.p.beta, self.feature_term)
         if self.p.distill in ("logit", "hybrid"):
-            kd = kd_loss(z, F.softmax(z_t / self.p.T, dim=1), self.p.T)  # CBD Eq. 3, up to the teacher entropy
-            distill = distill + kd
-            parts["kd"] = kd.detach()
-        return (1 - self.p.alpha) * ce + self.p.alpha * distill, parts
+            terms["kd"] = Term(a, lambda core, out, b: kd_loss(out[head].float(), F.softmax(self.teacher_logits(b.x) / self.p.T, dim=1), self.p.T),
+                               heads=(head,))  # CBD Eq. 3, up to the teacher entropy
+        return terms
+
+    def ce_term(self, core, out, b):
+        z = out[self.head_name].float()
+        return F.cross_entropy(z + self.p.la_tau * self.log_prior if self.p.la_tau > 0 else z, b.y)
+
+    def feature_term(self, core, out, b):
+        v_hat = self.teacher_features(b.x)
+        if out["feat"].shape[1] != v_hat.shape[1]:
+            raise ConfigError(f"stages.{self.stage.name}: student feature has {out['feat'].shape[1]} dims but the "
+                              f"teachers' concatenation has {v_hat.shape[1]}; use teachers with the student's backbone")
+        return feature_distillation_loss(out["feat"], v_hat)
 
 
 @dataclass

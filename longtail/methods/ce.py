@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from .base import Method, register
+from .base import Method, Term, register
 
 
 @register
 class CrossEntropy(Method):
     name = "ce"
 
-    def loss(self, model, batch, g):
-        b = batch["x"]
-        logits = model(b.x)[self.head_name]
-        loss = F.cross_entropy(logits.float(), b.y)
-        return loss, {"ce": loss.detach()}
+    def terms(self):
+        head = self.head_name
+        return {"ce": Term(1.0, lambda core, out, b: F.cross_entropy(out[head].float(), b.y), heads=(head,))}

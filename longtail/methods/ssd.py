@@ -30,13 +30,7 @@ from torch import nn
 from ..data.augment import random_rotate90
 from ..errors import ConfigError
 from ..models.moco import MoCo
-from .base import Method, register
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The Classifier inside a DDP and/or torch.compile wrapper."""
-    model = getattr(model, "_orig_mod", model)
-    return getattr(model, "module", model)
+from .base import Method, Term, register, unwrap
 
 
 def kd_loss(student_logits: torch.Tensor, soft_targets: torch.Tensor, T: float) -> torch.Tensor:
@@ -151,16 +145,14 @@ class SSDDistill(Method):
         with torch.no_grad():
             return F.softmax(self.teacher_method.predict(self.teacher, x).float() / self.p.T, dim=1)
 
-    def loss(self, model, batch, g):
-        b = batch["x"]
-        out = model(b.x)
-        p_t = self.soft_labels(b.x)  # same augmented batch as the student
-        soft = out["soft" if self.p.mode == "decoupled" else "main"].float()
-        kd = kd_loss(soft, p_t, self.p.T)
+    def terms(self):
+        hard, soft = self.head_name, "soft" if self.p.mode == "decoupled" else "main"
+        # The teacher scores the same augmented batch as the student.
+        kd = Term(1.0 if self.p.mode == "single" else self.p.l2,
+                  lambda core, out, b: kd_loss(out[soft].float(), self.soft_labels(b.x), self.p.T), heads=(soft,))
         if self.p.mode == "single":
-            return kd, {"kd": kd.detach()}
-        ce = F.cross_entropy(out[self.head_name].float(), b.y)
-        return self.p.l1 * ce + self.p.l2 * kd, {"ce": ce.detach(), "kd": kd.detach()}
+            return {"kd": kd}
+        return {"ce": Term(self.p.l1, lambda core, out, b: F.cross_entropy(out[hard].float(), b.y), heads=(hard,)), "kd": kd}
 
     def report(self, model):
         """SSD Fig. 5: per-class sum of the teacher's soft labels over the training set, next to the
