@@ -26,10 +26,14 @@ def scale_epochs(recipe: Recipe, factor: float, keep_short: int = 0) -> None:
 
 
 def stage_refs(stage: "StageConfig | dict") -> set[str]:
-    """The earlier stages a stage starts from (``init``) or learns from (``teacher``/``teachers``)."""
+    """The earlier stages a stage starts from (``init``) or learns from (``teacher``/``teachers``, also
+    those of a ``compose`` stage's parts)."""
     get = stage.get if isinstance(stage, dict) else lambda k, d=None: getattr(stage, k, d)
     params = get("params") or {}
-    refs = {get("init", "fresh")} | {params.get("teacher")} | set(params.get("teachers") or [])
+    parts = params.get("parts") if isinstance(params.get("parts"), list) else []
+    refs = {get("init", "fresh")}
+    for p in [params] + [p.get("params") or {} for p in parts if isinstance(p, dict)]:
+        refs |= {p.get("teacher")} | set(p.get("teachers") or [])
     return {r for r in refs if isinstance(r, str) and r != "fresh"}
 
 
