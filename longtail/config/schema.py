@@ -53,7 +53,7 @@ class ModelConfig:
     cosine_scale: float = 20.0  # gamma of the cosine head
     cosine_learnable: bool = False  # learn gamma instead of fixing it
     neck_dim: int = 0  # > 0: a linear layer to this width after pooling (OLTR's 512-d FC)
-    neck_relu: bool = False
+    neck_relu: bool = False  # OLTR's 512-d FC is ReLU'd (F.relu(fc_add(x))); the BalanceAux recipes keep it
     pretrained: str | None = None  # a local torchvision-format ResNet state dict
     zero_init_residual: bool = False
 
