@@ -236,12 +236,13 @@ def test_color_jitter_matches_loop():
 
 def test_color_jitter_disabled_stages_and_ranges():
     params = A.jitter_params(64, 0.0, (0.5, 0.9), 0.4, 0.0, 1.0, gen())
-    assert params.brightness is None and params.hue is None
-    assert bool(((params.contrast >= 0.5) & (params.contrast <= 0.9)).all())
-    assert bool(((params.saturation >= 0.6) & (params.saturation <= 1.4)).all())
-    # Brightness strength above 1 is clipped at 0 like torchvision.
+    u = torch.rand(64, 5, generator=gen())  # the same draws, by hand: one uniform per factor, low + width * u
+    assert params.brightness is None and params.hue is None and bool(params.apply.all())
+    torch.testing.assert_close(params.contrast, 0.5 + 0.4 * u[:, 1])  # given as a (min, max) range
+    torch.testing.assert_close(params.saturation, 0.6 + 0.8 * u[:, 2])  # strength s: [1 - s, 1 + s]
+    # Brightness strength above 1: the range's low end is clipped at 0 like torchvision, [max(0, 1 - 1.5), 2.5].
     big = A.jitter_params(256, 1.5, 0, 0, 0, 1.0, gen())
-    assert float(big.brightness.min()) >= 0.0
+    torch.testing.assert_close(big.brightness, 2.5 * torch.rand(256, 5, generator=gen())[:, 0])
     out = A.color_jitter(batch(16), gen(), 2.0, 2.0, 2.0, 0.5, p=1.0)
     assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
 

@@ -1,5 +1,12 @@
 """``longtail bench throughput --quick``: the JSON's layout, on a tiny synthetic set (speeds are not checked)."""
 import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,15 +26,29 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def test_quick_throughput_writes_every_figure_with_provenance(tmp_path, one_thread):
-    assert main(["bench", "throughput", "--quick", "--synthetic", "--batch", "16", "--device", "cpu",
-                 "--results", str(tmp_path)]) == 0
+def git_state() -> str:
+    """HEAD, with '-dirty' when tracked code outside results/ has changed: what provenance should name."""
+    repo = str(Path(__file__).resolve().parents[1])
+    head = subprocess.run(["git", "-C", repo, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "-C", repo, "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results"],
+                           capture_output=True, text=True).stdout.strip()
+    return head + ("-dirty" if dirty else "")
+
+
+def test_quick_throughput_writes_every_figure_with_provenance(tmp_path, one_thread, monkeypatch):
+    argv = ["bench", "throughput", "--quick", "--synthetic", "--batch", "16", "--device", "cpu", "--results", str(tmp_path)]
+    monkeypatch.setattr(sys, "argv", ["/usr/local/bin/longtail", *argv])  # as the installed command would see it
+    before, t0 = git_state(), time.time()
+    assert main(argv) == 0
+    after, t1 = git_state(), time.time()
     res = json.loads((tmp_path / "throughput-cpu.json").read_text())
 
     for part in (res["model_alone"], res["classic_pipeline"], *res["methods"].values()):
         for key in MEASURED:
             assert isinstance(part[key], (int, float)), key
-        assert part["images_per_s"] > 0 and part["ms_per_step"] > 0 and part["peak_mem_mib"] >= 0
+        assert part["images_per_s"] > 0 and part["peak_mem_mib"] >= 0
+        # One timing, two roundings: images/s = images per step / seconds per step.
+        assert part["images_per_s"] == pytest.approx(1000 * part["images_per_step"] / part["ms_per_step"], rel=0.01)
     assert set(res["methods"]) == set(METHOD_STAGES) >= {"ce", "ssd_stage1_rotation", "ssd_stage3_online_teacher",
                                                          "cbd_k1", "cbd_k4", "balance_aux"}
     assert res["methods"]["balance_aux"]["images_per_step"] == 32  # two feeds of 16
@@ -42,7 +63,13 @@ def test_quick_throughput_writes_every_figure_with_provenance(tmp_path, one_thre
     assert res["ratios"]["loop_over_classic"] == pytest.approx(loop["images_per_s"] / res["classic_pipeline"]["images_per_s"], rel=1e-3)
 
     prov = res["provenance"]
-    for key in ("commit", "torch", "device", "threads", "batch", "malloc_env", "time", "command"):
-        assert key in prov, key
+    assert prov["commit"] in (before, after) and len(prov["commit"].removesuffix("-dirty")) == 40
     assert prov["batch"] == 16 and prov["torch"] == torch.__version__ and prov["threads"] == 1
+    assert prov["python"] == platform.python_version() and prov["cpu_count"] == os.cpu_count()
+    assert res["settings"]["amp"] in ("fp32", "bfloat16")
+    assert prov["device"] == f"cpu (1 threads), {res['settings']['amp']}, world 1"
+    assert prov["malloc_env"] == {k: os.environ.get(k) for k in ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_")}
+    assert t0 - 1 <= datetime.strptime(prov["time"], "%Y-%m-%dT%H:%M:%S%z").timestamp() <= t1 + 1
+    assert prov["command"] == "longtail " + " ".join(argv)
+    assert prov["args"]["batch"] == 16 and prov["args"]["quick"] is True and prov["args"]["device"] == "cpu"
     assert res["settings"]["quick"] is True and res["settings"]["peak_memory"].startswith("cpu:")

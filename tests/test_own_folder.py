@@ -142,7 +142,8 @@ def test_predict_reports_unreadable_files_and_goes_on(walkthrough, tmp_path, cap
     assert len(rows) == 6 and [Path(r["path"]).name for r in rows if "error" in r] == ["broken.jpg"]
     assert "5 images predicted, 1 unreadable" in capsys.readouterr().err
     timing = json.loads((tmp_path / "t.json").read_text())
-    assert timing["images"] == 5 and timing["img_per_s"] > 0
+    assert timing["images"] == 5 and timing["unreadable"] == 1
+    assert timing["img_per_s"] == pytest.approx(5 / timing["seconds"], rel=0.05)  # both rounded (0.1 img/s, 1 ms)
 
 
 def test_odd_images_in_a_training_folder_are_skipped_with_a_reason(tmp_path):
@@ -172,10 +173,14 @@ def test_optim_groups_scale_the_backbone_lr():
 def test_every_folder_recipe_trains_a_step(tmp_path):
     from longtail.engine.pipeline import run_recipe
 
-    root, _ = make_example_folder(tmp_path / "photos", classes=4, max_per_class=24, imbalance=4)
+    root, counts = make_example_folder(tmp_path / "photos", classes=4, max_per_class=24, imbalance=4)
+    # The folder rule's test split, by hand: T = median(n // 5) = median(4, 3, 1, 1) = 2, class c keeps min(T, n_c // 5).
+    assert counts == [24, 15, 9, 6]
+    test_images = 2 + 2 + 1 + 1
     for name in ("folder/ce", "folder/ssd", "folder/cbd", "folder/balance_aux"):
         recipe = load_recipe(name, ["runtime.progress=false", "runtime.report_features=0", "model.backbone=resnet10"])
         for st in recipe.stages:
             st.epochs, st.batch_size = min(st.epochs, 1), 16
         res = run_recipe(recipe, tmp_path / name.replace("/", "_"), data_root=str(root))
-        assert res["final"]["num_images"] > 0, name
+        assert res["final"]["num_images"] == test_images, name
+        assert len(res["final"]["per_class"]) == 4 and res["final"]["epochs"] <= 1, name

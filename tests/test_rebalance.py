@@ -118,14 +118,67 @@ def test_ncm_predicts_argmax_cosine_to_class_means(run, data):
     assert res["stages"]["ncm"]["top1"] == pytest.approx(acc, abs=1e-3)
 
 
-def test_tau_is_chosen_on_validation_only(run):
-    _, res = run
+def mean_class_top1(pred: torch.Tensor, labels: np.ndarray) -> float:
+    """Mean per-class accuracy over the classes present, as the tau grid scores it, by hand."""
+    pred = pred.numpy()
+    return round(100 * float(np.mean([(pred[labels == c] == c).mean() for c in np.unique(labels)])), 4)
+
+
+def test_tau_is_chosen_on_validation_only(run, data, tmp_path, monkeypatch):
+    """A validation split that disagrees with the test split (the test images of the three head classes only):
+    the fit must read that split alone, and its per-tau scores must be that split's, not the test split's."""
+    import dataclasses
+
+    from longtail.data.images import ImageSet
+    from longtail.engine import loop
+    from longtail.methods.rebalance import PostHoc
+
+    out, _ = run
+    head = np.flatnonzero(data.test.labels < 3)
+    val = ImageSet(type(data.test.store)(data.test.store.images[head]), data.test.labels[head], "val")
+    bundle = dataclasses.replace(data, val=val)
+    seen, fitting, real_run_over, real_choose = [], [], loop.run_over, PostHoc.choose_tau
+
+    def spy_run_over(ctx, model, split, fn):
+        if fitting:
+            seen.append((ctx.stage.name, split))
+        return real_run_over(ctx, model, split, fn)
+
+    def spy_choose(self, model):
+        fitting.append(1)
+        try:
+            return real_choose(self, model)
+        finally:
+            fitting.pop()
+
+    monkeypatch.setattr(loop, "run_over", spy_run_over)
+    monkeypatch.setattr(PostHoc, "choose_tau", spy_choose)
+    (tmp_path / "ce").mkdir()
+    (tmp_path / "ce" / "final.pt").write_bytes((out / "ce" / "final.pt").read_bytes())
+    res = run_recipe(recipe("ce", "tau_norm", "logit_adjust"), tmp_path, data=bundle, resume=True)
+    # Every image the fits looked at came from the validation split (the run moved it to the device: bundle.val), once per fit.
+    assert [n for n, _ in seen] == ["tau_norm", "logit_adjust"]
+    assert all(split is bundle.val and np.array_equal(split.labels, val.labels) for _, split in seen)
     for name in ("tau_norm", "logit_adjust"):
         fit = res["stages"][name]["fit"]
         scores = fit["val_top1_by_tau"]
         assert len(scores) == 21 and min(scores) == 0.0 and max(scores) == 2.0
-        assert scores[fit["tau"]] == max(scores.values())
-        assert fit["tau"] == min(t for t, v in scores.items() if v == max(scores.values()))  # ties: the smallest tau
+        # Re-score every tau by hand with the stage's saved model: on the validation split it gives the logged
+        # numbers; on the test split it does not (so a fit on test would have been caught).
+        _, model, ctx = built(bundle, name, "ce", name)
+        model.load_state_dict(load_checkpoint(tmp_path / name / "final.pt")["model"])
+        aug = ctx.augment(ctx.stage.eval_augment)
+        by_hand = {"val": {}, "test": {}}
+        with torch.no_grad():
+            for split_name, split in (("val", val), ("test", data.test)):
+                x = aug(split.load(np.arange(len(split)))[0], None)
+                for tau in scores:
+                    model.adjust["main"].tau.fill_(tau)
+                    by_hand[split_name][tau] = mean_class_top1(model(x)["main"].argmax(1), split.labels)
+        assert scores == pytest.approx(by_hand["val"], abs=1e-3)
+        assert by_hand["test"] != pytest.approx(by_hand["val"], abs=1e-3)
+        best = max(scores.values())
+        assert fit["tau"] == min(t for t, v in scores.items() if v == best)  # the best on val; ties: the smallest tau
 
 
 def _bn_buffers(state, prefix="backbone."):

@@ -359,10 +359,13 @@ def finish_stage(method: Method, model: nn.Module, ctx: StageContext, stage_dir:
     """Pick the weights to report (last epoch, or best on validation), score them, write ``final.pt``."""
     stage = ctx.stage
     val = evaluate_split(method, model, ctx, ctx.data.val) if ctx.data.val is not None and len(ctx.data.val) else None
+    if val is not None and stage.epochs:  # the last epoch's point of the validation curve (earlier ones: eval_every)
+        logger.log(total_steps, {"epoch": stage.epochs, **{f"val_{k}": val[k] for k in ("top1", "many", "medium", "few")}})
     chosen = {"epoch": stage.epochs, "rule": "last"}
     if stage.select == "best_val" and val is not None:
         history.append({"epoch": stage.epochs, "val_top1": val["top1"]})
-        best = max(history, key=lambda h: h["val_top1"])
+        # Ties go to the latest epoch: the one best.pt holds (it is rewritten on >=), or the last epoch's own weights.
+        best = max(history, key=lambda h: (h["val_top1"], h["epoch"]))
         if best["epoch"] != stage.epochs:
             model.load_state_dict(load_checkpoint(stage_dir / "best.pt")["model"])
             val = evaluate_split(method, model, ctx, ctx.data.val)
