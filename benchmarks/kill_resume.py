@@ -1,12 +1,17 @@
-"""Crash survival: SIGKILL a two-stage run (CE -> LWS) at many random moments, resume each time, compare.
+"""Crash survival: SIGKILL a two-stage run (CE -> LWS) at chosen training steps, resume each time, compare.
 
     python benchmarks/kill_resume.py                       # CIFAR-100-LT IF=100, 1 CE epoch + 1 LWS epoch, 12 kills
     python benchmarks/kill_resume.py --synthetic --kills 10   # tiny synthetic data, under a minute
 
-First an uninterrupted run gives the reference results and a timeline (when each stage started and
-finished). Then the same run is started again and killed with SIGKILL ``--kills`` times at seeded
-random points of that timeline, spread over both stages; every third kill instead waits for a
-checkpoint write to begin (its temporary file to appear) and kills the process in the middle of it.
+First an uninterrupted run gives the reference results, each stage's number of training steps and its
+time per step. The kill points are training steps: the kills are split evenly over the stages, and
+within a stage its steps are cut into as many equal bins as it has kills, one step drawn (seeded) in
+each bin (``pick_kill_points``). Every training process reports where it is (stage, phase, global
+step) through a small progress file (``install_progress_hooks``); the driver kills it with SIGKILL once
+it reports the target step, after a seeded pause of up to one step so the kill lands anywhere inside
+the step. Every third kill instead waits, from the target step on, for the next checkpoint write to
+begin (its temporary file to appear) and kills the process in the middle of it. Each kill's record
+says which stage, phase and step it interrupted (the process's last report).
 After each kill, every ``checkpoint.pt`` / ``final.pt`` present must load
 (``longtail.engine.checkpoint.load_checkpoint``), and the temporary files a kill can leave must be
 gone once the next resume has started. The run is resumed with ``--resume`` each time; at the end,
@@ -40,12 +45,14 @@ from longtail.engine.pipeline import git_commit  # noqa: E402
 METRIC_KEYS = ("top1", "top5", "many", "medium", "few", "per_class")
 STAGES = ("ce", "lws")
 
+SYNTHETIC_EVERY, REAL_EVERY = 3, 10  # runtime.checkpoint_every: how far the next checkpoint write can be, in steps
+
 # Tiny synthetic CE -> LWS (8x8 images, 10 classes): a few seconds of training.
 SYNTHETIC = """
 name: kill-resume-synthetic
 data: {dataset: synthetic, imbalance: 10, image_size: 8}
 model: {backbone: resnet20}
-runtime: {device: cpu, amp: "off", tensorboard: false, progress: false, checkpoint_every: 3, threads: 1}
+runtime: {device: cpu, amp: "off", tensorboard: false, progress: false, checkpoint_every: %d, threads: 1}
 stage_defaults:
   batch_size: 32
   optim: {lr: 0.05}
@@ -55,11 +62,11 @@ stage_defaults:
 stages:
   - {name: ce, epochs: 4}
   - {name: lws, method: lws, init: ce, sampler: class_balanced, samples_per_class: 2, epochs: 6}
-"""
+""" % SYNTHETIC_EVERY
 
 # The real recipe, shrunk: CE 200 epochs x 0.005 = 1 epoch, LWS 5 x 0.005 -> 1 epoch (CIFAR-100-LT IF=100, 10,847 images).
 REAL_ARGS = ["--epochs-scale", "0.005", "--set", "runtime.device=cpu", "--set", "runtime.amp=off",
-             "--set", "runtime.threads=1", "--set", "runtime.checkpoint_every=10", "--set", "runtime.progress=false",
+             "--set", "runtime.threads=1", "--set", f"runtime.checkpoint_every={REAL_EVERY}", "--set", "runtime.progress=false",
              "--set", "runtime.tensorboard=false"]
 
 
@@ -73,11 +80,101 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def install_progress_hooks(path: Path) -> None:
+    """In a training process: keep ``path`` saying where the run is, ``{"stage", "phase", "step", "of"}``, so
+    the driver can aim its kills at training steps and record what each one interrupted.
+
+    ``phase`` is ``start-up`` (a stage is being built or restored), ``train`` (global step ``step`` of ``of``
+    has begun: its batch is fetched), ``writing checkpoint.pt`` / ``best.pt`` / ``final.pt``, or
+    ``evaluation`` (the stage's last validation and test passes). The engine functions are wrapped by name;
+    what they compute, and every random stream, is unchanged. One small file replace per step.
+    """
+    from longtail.engine import loop, pipeline
+
+    path = Path(path)
+    scratch = path.with_name(path.name + ".w")
+    state = {"stage": None, "phase": "start-up", "step": None, "of": None}
+    real_train_stage, real_lr_at, real_finish, real_save = pipeline.train_stage, loop.lr_at, loop.finish_stage, loop.save_atomic
+
+    def report(**changes):
+        state.update(changes)
+        scratch.write_text(json.dumps(state))
+        os.replace(scratch, path)
+
+    def train_stage(ctx, *a, **k):
+        report(stage=ctx.stage.name, phase="start-up", step=None, of=None)
+        return real_train_stage(ctx, *a, **k)
+
+    def lr_at(step, total_steps, *a, **k):
+        report(phase="train", step=step, of=total_steps)
+        return real_lr_at(step, total_steps, *a, **k)
+
+    def finish_stage(*a, **k):
+        report(phase="evaluation")
+        return real_finish(*a, **k)
+
+    def save_atomic(obj, target, *a, **k):
+        phase = state["phase"]
+        report(phase=f"writing {Path(target).name}")
+        try:
+            return real_save(obj, target, *a, **k)
+        finally:
+            report(phase=phase)
+
+    pipeline.train_stage, loop.lr_at, loop.finish_stage, loop.save_atomic = train_stage, lr_at, finish_stage, save_atomic
+
+
+def read_progress(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def child(progress: str, argv: list[str]) -> int:
+    """A training process: ``longtail <argv>`` reporting its progress to ``progress``."""
+    install_progress_hooks(Path(progress))
+    from longtail import cli
+
+    return cli.main(argv)
+
+
+def pick_kill_points(steps: dict[str, int], kills: int, rng: random.Random) -> list[dict]:
+    """``kills`` target training steps, in run order: ``[{"stage", "step", "of"}]``.
+
+    ``steps`` maps each stage, in run order, to its number of training steps (stages without training are
+    passed over). The kills are split evenly over those stages, the earlier ones taking any spare; within
+    a stage of ``n`` steps that gets ``k`` kills, bin ``j`` is steps ``[j*n//k, (j+1)*n//k)`` and one step
+    is drawn uniformly in each bin, so the kills spread over the whole stage, its first and last steps
+    included. A stage with fewer steps than kills gets some steps twice.
+    """
+    stages = [s for s, n in steps.items() if n > 0]
+    if not stages:
+        raise ValueError("no stage has training steps to kill")
+    points = []
+    for i, stage in enumerate(stages):
+        n, k = steps[stage], kills // len(stages) + (i < kills % len(stages))
+        for j in range(k):
+            lo, hi = j * n // k, (j + 1) * n // k
+            points.append({"stage": stage, "step": min(rng.randrange(lo, max(hi, lo + 1)), n - 1), "of": n})
+    return points
+
+
+def reached(progress: dict | None, target: dict, order: list[str]) -> bool:
+    """Whether a process reporting ``progress`` has begun the target step (or gone past it)."""
+    if not progress or progress.get("stage") not in order:
+        return False
+    here, there = order.index(progress["stage"]), order.index(target["stage"])
+    if here != there:
+        return here > there
+    return progress["phase"] != "start-up" and progress["step"] is not None and progress["step"] >= target["step"]
+
+
 class Forked:
     """A ``longtail train`` forked from this (already warm) process: a real process to SIGKILL, minus the
     seconds of importing torch and torch._dynamo that every fresh ``python -m longtail`` pays."""
 
-    def __init__(self, argv: list[str], log):
+    def __init__(self, argv: list[str], log, progress: Path):
         log.flush()
         self.pid = os.fork()
         if self.pid == 0:  # the child: run the CLI, never return into the caller's code
@@ -85,9 +182,7 @@ class Forked:
             try:
                 os.dup2(log.fileno(), 1)
                 os.dup2(log.fileno(), 2)
-                from longtail import cli
-
-                rc = cli.main(argv)
+                rc = child(str(progress), argv)
             except BaseException:  # noqa: BLE001
                 import traceback
 
@@ -116,16 +211,20 @@ class Forked:
 
 
 class Runner:
-    def __init__(self, recipe: str, extra: list[str], data_root: str | None, fork: bool = False):
+    def __init__(self, recipe: str, extra: list[str], data_root: str | None, fork: bool = False, every: int = REAL_EVERY):
         self.recipe, self.extra = recipe, list(extra) + (["--data-root", data_root] if data_root else [])
-        self.fork = fork
+        self.fork, self.every = fork, every
         self.env = {**os.environ, "PYTHONPATH": str(REPO), "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "17179869184"}
 
-    def start(self, out: Path, resume: bool, log):
+    def start(self, out: Path, resume: bool, log, progress: Path):
+        """A training process on ``out`` that reports to ``progress`` (cleared first: no stale report counts)."""
+        for p in (progress, progress.with_name(progress.name + ".w")):
+            p.unlink(missing_ok=True)
         argv = ["train", self.recipe, "--out", str(out), *self.extra] + (["--resume"] if resume else [])
         if self.fork:
-            return Forked(argv, log)
-        return subprocess.Popen([sys.executable, "-m", "longtail", *argv], cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+            return Forked(argv, log, progress)
+        return subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--child", str(progress), *argv],
+                                cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT)
 
 
 def temp_files(out: Path) -> list[str]:
@@ -138,43 +237,50 @@ def temp_files(out: Path) -> list[str]:
     return sorted(found)
 
 
-def reference_run(runner: Runner, out: Path, log) -> dict:
-    """The uninterrupted run, watched: when it was ready to train and when each stage finished (seconds from launch)."""
+def reference_run(runner: Runner, out: Path, progress: Path, log) -> tuple[dict, dict]:
+    """The uninterrupted run, watched: ``(marks, stages)``. ``marks``: seconds from launch to the first training
+    step and to each stage's ``final.pt``; ``stages``: each stage's training steps and seconds per step."""
     t0 = time.perf_counter()
-    proc = runner.start(out, False, log)
+    proc = runner.start(out, False, log, progress)
     marks: dict[str, float] = {}
+    seen: dict[str, dict] = {}
     while proc.poll() is None:
         now = time.perf_counter() - t0
-        if "ready" not in marks and (out / STAGES[0] / "checkpoint.pt").exists():  # training has begun
-            marks["ready"] = now
-        for s in STAGES:
-            if f"{s}_done" not in marks and (out / s / "final.pt").exists():
-                marks[f"{s}_done"] = now
-        time.sleep(0.02)
+        p = read_progress(progress)
+        if p and p["phase"] == "train" and p["stage"] in STAGES:
+            marks.setdefault("ready", now)
+            s = seen.setdefault(p["stage"], {"of": p["of"], "first": (p["step"], now)})
+            s["last"] = (p["step"], now)
+        for st in STAGES:
+            if f"{st}_done" not in marks and (out / st / "final.pt").exists():
+                marks[f"{st}_done"] = now
+        time.sleep(0.002)
     marks["end"] = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"the uninterrupted run failed (exit {proc.returncode}); see {log.name}")
-    marks.setdefault("ready", 0.0)
-    for s in STAGES:
-        marks.setdefault(f"{s}_done", marks["end"])
-    return marks
+    missing = [st for st in STAGES if st not in seen]
+    if missing:
+        raise SystemExit(f"the progress hooks saw no training step of stage(s) {missing}: has longtail.engine.loop "
+                         f"(train_stage, lr_at) changed? See install_progress_hooks")
+    stages = {}
+    for st, s in seen.items():
+        (a, ta), (b, tb) = s["first"], s["last"]
+        stages[st] = {"steps": s["of"], "seconds_per_step": round((tb - ta) / (b - a), 4) if b > a else 0.0}
+    return marks, stages
 
 
-def position(out: Path, marks: dict) -> tuple[str, float, dict]:
-    """Where a killed run stands: the stage it was in, and that point on the reference timeline (seconds)."""
-    start = marks["ready"]
+def resume_point(out: Path) -> dict:
+    """Where a resume of ``out`` starts: the first unfinished stage and its checkpoint's global step."""
     for s in STAGES:
         if not (out / s / "final.pt").exists():
-            frac, where = 0.0, {"stage": s, "step": 0}
+            where = {"stage": s, "step": 0}
             ck_path = out / s / "checkpoint.pt"
             if ck_path.exists():
                 sched = load_checkpoint(ck_path).get("scheduler", {})
                 if sched.get("total_steps"):
-                    frac = sched["global_step"] / sched["total_steps"]
                     where = {"stage": s, "step": sched["global_step"], "of": sched["total_steps"]}
-            return s, start + frac * (marks[f"{s}_done"] - start), where
-        start = marks[f"{s}_done"]
-    return "after_last_stage", marks["end"], {"stage": "results"}
+            return where
+    return {"stage": "results"}
 
 
 def check_files(out: Path) -> tuple[int, list[str]]:
@@ -220,6 +326,11 @@ def compare(ref: dict, got: dict, ref_dir: Path, got_dir: Path) -> list[str]:
     return diffs
 
 
+def in_training(interrupted: dict | None) -> bool:
+    """A kill inside a stage's training steps: during a step, or a checkpoint write between steps."""
+    return bool(interrupted) and interrupted["phase"] in ("train", "writing checkpoint.pt", "writing best.pt")
+
+
 def run(kills: int = 12, seed: int = 0, synthetic: bool = False, data_root: str | None = None,
         work: Path | None = None, write_every: int = 3, fork: bool = False) -> dict:
     t_all = time.perf_counter()
@@ -232,45 +343,40 @@ def run(kills: int = 12, seed: int = 0, synthetic: bool = False, data_root: str 
             importlib.import_module(name)
     if synthetic:
         (work / "recipe.yaml").write_text(SYNTHETIC)
-        runner = Runner(str(work / "recipe.yaml"), [], None, fork)
+        runner = Runner(str(work / "recipe.yaml"), [], None, fork, every=SYNTHETIC_EVERY)
     else:
-        runner = Runner("cifar100-lt/lws", REAL_ARGS, data_root, fork)
+        runner = Runner("cifar100-lt/lws", REAL_ARGS, data_root, fork, every=REAL_EVERY)
     log = open(work / "train.log", "ab")
-    ref_dir, out = work / "uninterrupted", work / "killed"
+    ref_dir, out, progress = work / "uninterrupted", work / "killed", work / "progress.json"
 
-    marks = reference_run(runner, ref_dir, log)
+    marks, stage_steps = reference_run(runner, ref_dir, progress, log)
     rng = random.Random(seed)
-    # Seeded kill moments on the reference timeline, half in each stage (ready..ce_done, ce_done..end).
-    n_ce = (kills + 1) // 2
-    targets = sorted([rng.uniform(marks["ready"], marks["ce_done"]) for _ in range(n_ce)]
-                     + [rng.uniform(marks["ce_done"], marks["lws_done"]) for _ in range(kills - n_ce)])
+    targets = pick_kill_points({s: stage_steps[s]["steps"] for s in STAGES}, kills, rng)
     records, checked, failures, temps_seen, temps_stuck, resumes = [], 0, [], 0, [], 0
     previous_temps: list[str] = []
-    startup = marks["ready"]  # launch to training; re-estimated when a resumed process made no progress
-    here = marks["ready"]
     for i, target in enumerate(targets):
-        delay = startup + max(0.05, target - here) * rng.uniform(0.8, 1.2)
-        during_write = write_every and i % write_every == write_every - 1
-        proc = runner.start(out, resume=i > 0, log=log)
+        step_s = stage_steps[target["stage"]]["seconds_per_step"]
+        during_write = bool(write_every and i % write_every == write_every - 1)
+        proc = runner.start(out, resume=i > 0, log=log, progress=progress)
         resumes += i > 0
         launched = time.perf_counter()
-        if during_write:  # from a little before the planned moment, the next checkpoint write is the target
-            time.sleep(0.8 * delay)
-            caught = kill_during_write(proc, out, wait=max(2.0, 0.4 * delay))
-        else:
-            caught = False
-            while time.perf_counter() - launched < delay and proc.poll() is None:
-                time.sleep(0.005)
+        deadline = launched + 5 * marks["end"] + 60  # a resumed run never needs longer than a whole one
+        got_there = False
+        while proc.poll() is None and time.perf_counter() < deadline:
+            if reached(read_progress(progress), target, list(STAGES)):
+                got_there = True
+                break
+            time.sleep(0.001)
+        caught = False
+        if got_there and during_write:  # from the target step on, the next checkpoint write is the moment
+            caught = kill_during_write(proc, out, wait=2.0 + 1.5 * (runner.every + 1) * step_s)
+        elif got_there:
+            time.sleep(rng.uniform(0, step_s))  # anywhere inside the step
         alive = proc.poll() is None
         if alive:
             proc.send_signal(signal.SIGKILL)
         proc.wait()
-        stage, now, where = position(out, marks)
-        if alive and now <= here:  # killed before it got anywhere: it needs longer to start than estimated
-            startup *= 1.3
-        elif not alive or now > target + 0.25 * (marks["lws_done"] - marks["ready"]) / kills:  # overshot
-            startup *= 0.8
-        here = now
+        interrupted = read_progress(progress) if alive else None  # its last report: what the kill cut short
         # A kill can leave a temporary file; the next resume must clear those of the run before it.
         temps = temp_files(out)
         stuck = [t for t in previous_temps if t in temps]
@@ -280,15 +386,16 @@ def run(kills: int = 12, seed: int = 0, synthetic: bool = False, data_root: str 
         n, bad = check_files(out)
         checked += n
         failures += bad
-        records.append({"kill": i + 1, "after_s": round(time.perf_counter() - launched, 3), "planned_s": round(delay, 3),
-                        "aimed_at_write": bool(during_write), "caught_writing": caught, "landed_mid_run": alive,
-                        "stage": stage if alive else None, "resume_point": where, "temp_files_left": temps,
+        records.append({"kill": i + 1, "target": target, "reached_target": got_there, "after_s": round(time.perf_counter() - launched, 3),
+                        "aimed_at_write": during_write, "caught_writing": caught, "landed_mid_run": alive,
+                        "stage": interrupted["stage"] if interrupted else None, "interrupted": interrupted,
+                        "in_training": in_training(interrupted), "resume_point": resume_point(out), "temp_files_left": temps,
                         "checkpoints_loaded": n, "load_failures": bad})
-        if not alive:  # it finished before the kill: nothing left to interrupt
+        if not alive:  # it finished (or failed) before the kill: nothing left to interrupt
             break
 
     # The last resume runs to the end.
-    proc = runner.start(out, resume=True, log=log)
+    proc = runner.start(out, resume=True, log=log, progress=progress)
     resumes += 1
     deadline = time.perf_counter() + 20 * marks["end"] + 60
     while proc.poll() is None and time.perf_counter() < deadline:
@@ -308,19 +415,30 @@ def run(kills: int = 12, seed: int = 0, synthetic: bool = False, data_root: str 
         got = json.loads((out / "results.json").read_text())
         diffs = compare(ref, got, ref_dir, out)
     landed = [r for r in records if r["landed_mid_run"]]
-    by_stage = {s: sum(r["stage"] == s for r in landed) for s in (*STAGES, "after_last_stage")}
+    by_stage = {s: sum(r["stage"] == s for r in landed) for s in STAGES}
+    by_phase: dict[str, int] = {}
+    for r in landed:
+        phase = (r["interrupted"] or {}).get("phase", "before its first report")
+        by_phase[phase] = by_phase.get(phase, 0) + 1
     lost = len(failures) + (1 if diffs else 0)
     return {
-        "what": "SIGKILL at seeded random moments of a CE -> LWS run, --resume after each, results compared "
-                "with an uninterrupted run",
+        "what": "SIGKILL at seeded training steps of a CE -> LWS run (spread over each stage's steps), --resume after "
+                "each, results compared with an uninterrupted run",
         "data": "synthetic (10 classes, 8x8)" if synthetic else "CIFAR-100-LT IF=100 (10,847 training images)",
         "recipe": runner.recipe, "args": runner.extra if not synthetic else SYNTHETIC.strip().splitlines(),
         "seed": seed,
-        "processes": "forked from the driver (warm imports)" if fork else "fresh python -m longtail",
+        "processes": "forked from the driver (warm imports)" if fork else "fresh python processes (benchmarks/kill_resume.py --child)",
+        "kill_points": "per stage, its training steps cut into as many equal bins as it gets kills (kills split evenly "
+                       "over the stages), one step drawn in each bin; killed when the process reports that step, after "
+                       "a seeded pause of up to one step (every third kill: at the next checkpoint write instead)",
+        "stage_steps": stage_steps,
         "kills_attempted": len(records),
         "kills_landed_mid_run": len(landed),
+        "kills_in_training_steps": sum(r["in_training"] for r in landed),
         "kills_during_checkpoint_write": sum(r["caught_writing"] and r["landed_mid_run"] for r in records),
         "kills_by_stage": {k: v for k, v in by_stage.items() if v},
+        "kills_by_phase": by_phase,
+        "interrupted_steps": {s: [r["interrupted"]["step"] for r in landed if r["stage"] == s] for s in STAGES},
         "stages_with_kills": sorted({r["stage"] for r in landed if r["stage"] in STAGES}),
         "resumes": resumes,
         "checkpoints_checked": checked,
@@ -344,9 +462,12 @@ def run(kills: int = 12, seed: int = 0, synthetic: bool = False, data_root: str 
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["--child"]:  # a training process started by run(): --child PROGRESS then longtail's own arguments
+        return child(argv[1], argv[2:])
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--kills", type=int, default=12, help="SIGKILLs to send (at least 10 for the record)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the kill moments")
+    p.add_argument("--seed", type=int, default=0, help="seed of the kill points")
     p.add_argument("--synthetic", action="store_true", help="tiny synthetic data instead of CIFAR-100-LT (under a minute)")
     p.add_argument("--data-root", help="CIFAR-100 archive folder (default $LONGTAIL_DATA)")
     p.add_argument("--fork", action="store_true", help="fork each run from this process (skips the per-process import time)")
@@ -357,10 +478,10 @@ def main(argv=None) -> int:
     path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=1) + "\n")
-    print(f"kills {record['kills_attempted']} (mid-run {record['kills_landed_mid_run']}, during a checkpoint write "
-          f"{record['kills_during_checkpoint_write']}, by stage {record['kills_by_stage']}), resumes {record['resumes']}, "
-          f"checkpoints loaded {record['checkpoints_checked']}, results identical {record['results_identical']}, "
-          f"results lost {record['results_lost']}, {record['wall_seconds']} s -> {path}")
+    print(f"kills {record['kills_attempted']} (mid-run {record['kills_landed_mid_run']}, in training steps "
+          f"{record['kills_in_training_steps']}, during a checkpoint write {record['kills_during_checkpoint_write']}, "
+          f"by stage {record['kills_by_stage']}), resumes {record['resumes']}, checkpoints loaded {record['checkpoints_checked']}, "
+          f"results identical {record['results_identical']}, results lost {record['results_lost']}, {record['wall_seconds']} s -> {path}")
     return 0 if record["results_identical"] and record["results_lost"] == 0 else 1
 
 
