@@ -1,6 +1,8 @@
 """Rules across fields that the types alone cannot state; :func:`validate` runs on every loaded recipe."""
 from __future__ import annotations
 
+import math
+
 from ..errors import ConfigError
 from .schema import Recipe
 
@@ -37,5 +39,7 @@ def validate(recipe: Recipe) -> None:
     for key in ("image_size", "crop_size"):
         if getattr(recipe.data, key) < 0:
             raise ConfigError(f"data.{key} must be >= 0 (0: the dataset's default), got {getattr(recipe.data, key)}")
+    if not 0 < recipe.runtime.dist_timeout_min < math.inf:  # also NaN
+        raise ConfigError(f"runtime.dist_timeout_min must be a positive number of minutes, got {recipe.runtime.dist_timeout_min:g}")
     if not 1 <= recipe.data.cache_quality <= 100:
         raise ConfigError(f"data.cache_quality must be a JPEG quality in 1..100, got {recipe.data.cache_quality}")

@@ -115,6 +115,9 @@ class RuntimeConfig:
     progress: bool = True
     tensorboard: bool = True
     report_features: int = 50  # test features kept per class for the report's t-SNE (0: none)
+    # DDP process-group timeout: how long a rank waits in a collective for a stuck or dead peer before it
+    # fails instead of hanging, so it must exceed the longest time one rank works alone between collectives
+    dist_timeout_min: float = 60.0
 
 
 DOC_FIELDS = ("description", "reference")  # a recipe's prose: what it trains does not depend on them

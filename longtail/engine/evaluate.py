@@ -10,12 +10,17 @@ import torch
 from ..data.groups import group_accuracy, shot_groups
 
 
+def eval_batches(n: int, batch_size: int) -> list[np.ndarray]:
+    """The batches one process scores images ``0..n-1`` in. Under DDP each rank takes whole batches of
+    this list, so every image meets the same batch, and gets the same output bits, as in one process."""
+    return [np.arange(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
+
+
 @torch.no_grad()
-def predict_logits(predict: Callable[[torch.Tensor], torch.Tensor], n: int, load: Callable[[np.ndarray], object],
-                   prepare: Callable[[object], torch.Tensor], batch_size: int) -> torch.Tensor:
-    """Logits for images ``0..n-1``, in order: ``load(index)`` runs one batch ahead on a thread (file
+def predict_batches(predict: Callable[[torch.Tensor], torch.Tensor], batches: list[np.ndarray],
+                    load: Callable[[np.ndarray], object], prepare: Callable[[object], torch.Tensor]) -> list[torch.Tensor]:
+    """Float CPU outputs of ``batches``, in order: ``load(index)`` runs one batch ahead on a thread (file
     decoding overlaps the model), ``prepare`` turns what it returns into model input."""
-    batches = [np.arange(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
     out = []
     with ThreadPoolExecutor(1, thread_name_prefix="eval-load") as pool:
         ahead = pool.submit(load, batches[0]) if batches else None
@@ -24,7 +29,7 @@ def predict_logits(predict: Callable[[torch.Tensor], torch.Tensor], n: int, load
             if k + 1 < len(batches):
                 ahead = pool.submit(load, batches[k + 1])
             out.append(predict(prepare(loaded)).float().cpu())
-    return torch.cat(out) if out else torch.empty(0)
+    return out
 
 
 def accuracy_metrics(logits: torch.Tensor, labels, train_counts, many: int = 100, few: int = 20) -> dict:

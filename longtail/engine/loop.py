@@ -29,7 +29,8 @@ from ..models.classifier import exported_state, load_exported
 from ..models.resnet import load_torchvision_state_dict
 from ..report.record import save_record, stage_record
 from .checkpoint import load_checkpoint, save_atomic
-from .evaluate import accuracy_metrics, predict_logits
+from .distributed import broadcast_object, gather_batches, sync_from_main
+from .evaluate import accuracy_metrics, eval_batches, predict_batches
 from .optim import build_optimizer, lr_at
 from .progress import MetricLogger, ProgressBar, read_segments
 from .runtime import Runtime, derive_seed, step_generator
@@ -155,7 +156,8 @@ def decode_on(split: ImageSet, rt: Runtime) -> None:
 
 @torch.no_grad()
 def run_over(ctx: StageContext, model: nn.Module, split: ImageSet, fn) -> torch.Tensor:
-    """``fn(model, x)`` over a whole split in order, in eval mode, with the stage's test-time preprocessing."""
+    """``fn(model, x)`` over a whole split in order, in eval mode, with the stage's test-time preprocessing.
+    Under DDP every rank must call it: each scores a share of the batches, and all get the whole result."""
     rt = ctx.runtime
     aug = ctx.augment(ctx.stage.eval_augment)
     g, g_cpu = torch.Generator(device=rt.device), torch.Generator()
@@ -169,12 +171,13 @@ def run_over(ctx: StageContext, model: nn.Module, split: ImageSet, fn) -> torch.
         x = aug(x.to(rt.device, non_blocking=True), g, sized=sized)
         return x.contiguous(memory_format=torch.channels_last) if rt.channels_last else x
 
+    batches = eval_batches(len(split), ctx.recipe.runtime.eval_batch_size)
     was_training = model.training
     model.eval()
     with rt.autocast():
-        out = predict_logits(lambda x: fn(model, x), len(split), load, prepare, ctx.recipe.runtime.eval_batch_size)
+        mine = predict_batches(lambda x: fn(model, x), batches[rt.rank::rt.world], load, prepare)
     model.train(was_training)
-    return out
+    return gather_batches(mine, [len(b) for b in batches], rt)
 
 
 def evaluate_split(method: Method, model: nn.Module, ctx: StageContext, split: ImageSet) -> dict:
@@ -238,8 +241,11 @@ def train_stage(ctx: StageContext, stage_dir: Path, resume: bool = False) -> dic
     if method.train_scope == "none":  # post-hoc: tau-norm, NCM, logit adjustment
         logger = MetricLogger(stage_dir / "metrics.jsonl" if rt.is_main else None, False)
         log_segment(logger, ctx, 0)
-        fitted = method.fit(model) if rt.is_main else {}
-        metrics = finish_stage(method, model, ctx, stage_dir, [], logger, 0.0, 0, fitted) if rt.is_main else {}
+        sync_from_main(model, rt)
+        # Every rank fits (its share of each feature pass) on the same gathered features; rank 0's fit is
+        # kept, and finish_stage gives every rank rank 0's fitted weights.
+        fitted = broadcast_object(method.fit(model), rt)
+        metrics = finish_stage(method, model, ctx, stage_dir, [], logger, 0.0, 0, fitted)
         rt.barrier()
         return metrics
     optimizer = build_optimizer(method.parameters(model), stage.optim, model)
@@ -327,20 +333,19 @@ def train_stage(ctx: StageContext, stage_dir: Path, resume: bool = False) -> dic
                 save(epoch, step + 1)
         epoch, step = epoch + 1, 0
         if ctx.recipe.runtime.eval_every and epoch % ctx.recipe.runtime.eval_every == 0 and ctx.data.val is not None and epoch < stage.epochs:
-            if rt.is_main:
-                val = evaluate_split(method, model, ctx, ctx.data.val)
-                history.append({"epoch": epoch, "val_top1": val["top1"]})
-                logger.log(epoch * steps_per_epoch, {"epoch": epoch, **{f"val_{k}": val[k] for k in ("top1", "many", "medium", "few")}})
-                if stage.select == "best_val" and val["top1"] >= max(h["val_top1"] for h in history):
-                    save_atomic({"kind": "best", "epoch": epoch, "model": model.state_dict()}, stage_dir / "best.pt")
+            sync_from_main(model, rt)  # every rank scores a share of val, with rank 0's BN statistics
+            val = evaluate_split(method, model, ctx, ctx.data.val)
+            history.append({"epoch": epoch, "val_top1": val["top1"]})
+            logger.log(epoch * steps_per_epoch, {"epoch": epoch, **{f"val_{k}": val[k] for k in ("top1", "many", "medium", "few")}})
+            if stage.select == "best_val" and val["top1"] >= max(h["val_top1"] for h in history) and rt.is_main:
+                save_atomic({"kind": "best", "epoch": epoch, "model": model.state_dict()}, stage_dir / "best.pt")
         save(epoch, 0)
     bar.close()
     train_time = time.perf_counter() - t_start
 
     # This segment's own rate, training steps only: what a full run sustains, beside bench's bursts.
     rate = (total_steps - start_step) * stage.batch_size / train_time if train_time > 0 and total_steps > start_step else None
-    metrics = finish_stage(method, model, ctx, stage_dir, history, logger, train_time, total_steps,
-                           img_per_s=rate) if rt.is_main else {}
+    metrics = finish_stage(method, model, ctx, stage_dir, history, logger, train_time, total_steps, img_per_s=rate)
     logger.close()
     rt.barrier()
     return metrics
@@ -356,8 +361,10 @@ def data_card(d: DataBundle) -> dict:
 def finish_stage(method: Method, model: nn.Module, ctx: StageContext, stage_dir: Path, history: list,
                  logger: MetricLogger, train_time: float, total_steps: int, fitted: dict | None = None,
                  img_per_s: float | None = None) -> dict:
-    """Pick the weights to report (last epoch, or best on validation), score them, write ``final.pt``."""
-    stage = ctx.stage
+    """Pick the weights to report (last epoch, or best on validation), score them, write ``final.pt``.
+    Every rank runs it on rank 0's weights, scoring its share of each pass; rank 0 alone writes."""
+    stage, rt = ctx.stage, ctx.runtime
+    sync_from_main(model, rt)
     val = evaluate_split(method, model, ctx, ctx.data.val) if ctx.data.val is not None and len(ctx.data.val) else None
     if val is not None and stage.epochs:  # the last epoch's point of the validation curve (earlier ones: eval_every)
         logger.log(total_steps, {"epoch": stage.epochs, **{f"val_{k}": val[k] for k in ("top1", "many", "medium", "few")}})
@@ -367,23 +374,26 @@ def finish_stage(method: Method, model: nn.Module, ctx: StageContext, stage_dir:
         # Ties go to the latest epoch: the one best.pt holds (it is rewritten on >=), or the last epoch's own weights.
         best = max(history, key=lambda h: (h["val_top1"], h["epoch"]))
         if best["epoch"] != stage.epochs:
-            model.load_state_dict(load_checkpoint(stage_dir / "best.pt")["model"])
+            model.load_state_dict(load_checkpoint(stage_dir / "best.pt")["model"])  # rank 0 wrote it before a barrier
             val = evaluate_split(method, model, ctx, ctx.data.val)
         chosen = {"epoch": best["epoch"], "rule": "best_val"}
     test_logits = run_over(ctx, model, ctx.data.test, method.predict)
     test = score_logits(ctx, test_logits, ctx.data.test)
     # Before final.pt, so every finished stage has its record: the report then never re-runs the model.
-    save_record(stage_dir, stage_record(method, model, ctx, test_logits))
+    record = stage_record(method, model, ctx, test_logits)
+    if rt.is_main:
+        save_record(stage_dir, record)
     extra = method.report(model)
     metrics = {**test, "val": {k: v for k, v in val.items() if k != "per_class"} if val else None,
                "selected": chosen,
                "init_seed": init_seed(ctx.recipe.runtime.seed, stage) if stage.init == "fresh" else None, "train_seconds": round(train_time, 2), "epochs": stage.epochs, "steps": total_steps,
                **({"fit": fitted} if fitted else {}), **({"report": extra} if extra else {})}
     logger.log(total_steps, {"epoch": stage.epochs, **{f"test_{k}": test[k] for k in ("top1", "many", "medium", "few")}})
-    segments = read_segments(stage_dir / "metrics.jsonl")
+    segments = read_segments(stage_dir / "metrics.jsonl") if rt.is_main else []  # rank 0 writes the log
     metrics["segments"] = segments  # every start and resume: its commit, times and steps
     metrics["wall_seconds_total"] = round(sum(s["wall_seconds"] for s in segments), 2)
     metrics["train_img_per_s_last_segment"] = round(img_per_s, 1) if img_per_s else None
-    save_atomic({"kind": "final", "stage": stage.name, "method": stage.method, "model": exported_state(model),
-                 "recipe": ctx.recipe.to_dict(), "metrics": metrics, "data": data_card(ctx.data)}, stage_dir / "final.pt")
+    if rt.is_main:
+        save_atomic({"kind": "final", "stage": stage.name, "method": stage.method, "model": exported_state(model),
+                     "recipe": ctx.recipe.to_dict(), "metrics": metrics, "data": data_card(ctx.data)}, stage_dir / "final.pt")
     return metrics

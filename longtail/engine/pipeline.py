@@ -124,7 +124,8 @@ def run_recipe(recipe: Recipe, out: str | Path, data_root: str | None = None, re
     for stage in recipe.stages:
         stage_dir = out / stage.name
         final = stage_dir / "final.pt"
-        ctx = StageContext(recipe, stage, data, rt, dict(artifacts), stage_dir, commit)
+        # Every rank runs every stage (each scores a share of every evaluation); rank 0 alone draws figures.
+        ctx = StageContext(recipe, stage, data, rt, dict(artifacts), stage_dir if rt.is_main else None, commit)
         if final.exists():  # finished before a crash or an earlier run
             stages[stage.name] = load_checkpoint(final)["metrics"]
         else:
