@@ -34,7 +34,7 @@ from .base import Method, Term, register, unwrap
 
 
 def kd_loss(student_logits: torch.Tensor, soft_targets: torch.Tensor, T: float) -> torch.Tensor:
-    """SSD Eq. 5: KD = -T^2 * sum_i p_i * log softmax(z_soft / T)_i, averaged over the batch."""
+    """SSD Eq. 4: KD = -T^2 * sum_i p_i * log softmax(z_soft / T)_i, averaged over the batch."""
     return -(T * T) * (soft_targets * F.log_softmax(student_logits / T, dim=1)).sum(dim=1).mean()
 
 
@@ -119,7 +119,7 @@ class DistillParams:
 
 @register
 class SSDDistill(Method):
-    """Stage III: L = l1 * CE(y, z_hard) + l2 * KD(softmax(z_teacher / T), z_soft) (SSD Eq. 4-5)."""
+    """Stage III: L = l1 * CE(y, z_hard) + l2 * KD(softmax(z_teacher / T), z_soft) (SSD Eqs. 3-5)."""
 
     name = "ssd_distill"
     Params = DistillParams
