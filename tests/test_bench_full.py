@@ -20,7 +20,9 @@ def _fixture(tmp_path):
     run = tmp_path / "full" / "cifar100-lt-if100"
     _finished(run / "ssd-s0" / "stage4", 44.96, ["a" * 40, "b" * 40 + "-dirty"])
     _finished(run / "decoupling-s0" / "lws", 41.65, ["c" * 40])
-    (run / "ssd-s0" / "recipe.yaml").write_text(yaml.safe_dump({"stages": [{"name": "stage3", "epochs": 200}]}))
+    _finished(run / "ssd-s0" / "stage2", 43.34, ["d" * 40 + "-dirty"], wall=(33.6,))
+    stages = [{"name": n, "epochs": e} for n, e in (("stage1", 200), ("stage2", 5), ("stage3", 200), ("stage4", 5))]
+    (run / "ssd-s0" / "recipe.yaml").write_text(yaml.safe_dump({"stages": stages}))
     s3 = run / "ssd-s0" / "stage3"
     s3.mkdir()
     lines = [{"step": 0, "event": "segment"}, {"step": 85, "epoch": 1, "loss": 1.0}, {"step": 10625, "epoch": 125}]
@@ -40,8 +42,9 @@ def test_rows_carry_scores_paper_gap_wall_and_flags(tmp_path):
     assert ssd["status"] == "done" and ssd["top1"] == 44.96 and ssd["paper"] == 46.0
     assert ssd["gap"] == -1.04 and ssd["wall_seconds"] == 150.0 and ssd["segments"] == 2
     assert ssd["dirty"] is True and ssd["commits"] == ["aaaaaaaaaaaa", "bbbbbbbbbbbb-dirty"]
+    assert rows[("ssd", "stage2")]["dirty"] and not rows[("ssd", "stage2")]["upstream_dirty"]
     lws = rows[("decoupling", "lws")]
-    assert lws["gap"] == round(41.65 - 42.3, 2) and lws["dirty"] is False
+    assert lws["gap"] == round(41.65 - 42.3, 2) and lws["dirty"] is False and not lws["upstream_dirty"]
     running = rows[("ssd", "stage3")]
     assert running == {**running, "status": "running", "epoch": 125, "epochs": 200, "resumable": True}
     assert rows[("cbd", "cbd")]["status"] == "not started"
@@ -51,6 +54,7 @@ def test_rows_carry_scores_paper_gap_wall_and_flags(tmp_path):
     assert text.startswith("before\n") and text.endswith("after\n") and "stale table" not in text
     assert "| **SSD** (IV: LWS on the hard head) (dirty) | 44.96 | 60.0 | 40.0 | 10.0 | 46.0 | -1.04 | 2 min | 512 |" in text
     assert "| SSD III: hard head | running: epoch 125 of 200 |" in text
+    assert "| SSD II: LWS teacher (dirty) | 43.34 | 60.0 | 40.0 | 10.0 | – | – | 34 s |" in text
 
 
 def test_cli_prints_the_table(tmp_path, capsys):

@@ -104,6 +104,25 @@ def read_row(row: FullRow, run: Path, paper: dict, imbalance: float) -> dict:
             "resumable": (stage_dir / "checkpoint.pt").is_file()}
 
 
+def mark_upstream_dirty(rows: list[dict]) -> None:
+    """A stage is only as clean as the stages before it in its run (it starts from them or learns from them):
+    conservatively, any earlier stage of the same run folder, in recipe order."""
+    for r in rows:
+        order, r["upstream_dirty"] = _stage_order(Path(r["run"])), False
+        if r["stage"] in order:
+            before = set(order[: order.index(r["stage"])])
+            r["upstream_dirty"] = any(o.get("dirty") for o in rows if o["run"] == r["run"] and o["stage"] in before)
+
+
+def _stage_order(run: Path) -> list[str]:
+    import yaml
+
+    try:
+        return [s["name"] for s in yaml.safe_load((run / "recipe.yaml").read_text())["stages"]]
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return []
+
+
 def _fmt(v, nd=2) -> str:
     return "–" if v is None else f"{v:.{nd}f}"
 
@@ -111,7 +130,7 @@ def _fmt(v, nd=2) -> str:
 def _wall(s: float | None) -> str:
     if not s:
         return "–"
-    return f"{s / 3600:.1f} h" if s >= 5400 else f"{s / 60:.0f} min"
+    return f"{s / 3600:.1f} h" if s >= 5400 else f"{s / 60:.0f} min" if s >= 90 else f"{s:.0f} s"
 
 
 def render(doc: dict) -> str:
@@ -124,16 +143,16 @@ def render(doc: dict) -> str:
         link = f"[{r['recipe']}/{r['stage']}]({r['run']}/{r['stage']})"
         paper = _fmt(r["paper"], 1) if r["paper"] is not None else "–"
         if r["status"] == "done":
-            flag = " (dirty)" if r["dirty"] else ""
+            flag = " (dirty)" if r["dirty"] else " (on dirty)" if r.get("upstream_dirty") else ""
             lines.append(f"| {r['label']}{flag} | {_fmt(r['top1'])} | {_fmt(r['many'], 1)} | {_fmt(r['medium'], 1)} | "
                          f"{_fmt(r['few'], 1)} | {paper} | {_fmt(r.get('gap'))} | {_wall(r['wall_seconds'])} | "
                          f"{_fmt(r['img_per_s'], 0)} | {link} |")
         else:
             state = (f"running: epoch {r['epoch']} of {r['epochs'] or '?'}" if r["status"] == "running" else r["status"])
             lines.append(f"| {r['label']} | {state} | | | | {paper} | | | | {link} |")
-    dirty = [r["label"] for r in doc["rows"] if r.get("dirty")]
-    if dirty:
-        lines += ["", "(dirty): at least one segment of that stage ran from a tree with uncommitted changes."]
+    if any(r.get("dirty") or r.get("upstream_dirty") for r in doc["rows"]):
+        lines += ["", "(dirty): at least one segment of that stage ran from a tree with uncommitted changes; "
+                  "(on dirty): the stage itself ran from clean commits, but an earlier stage of its run was dirty."]
     lines += ["", f"Paper numbers: {doc['paper_source']}. Written by `longtail bench full` from the run folders; "
               f"per-row commits, segments and img/s are in `{doc['results_file']}`."]
     return "\n".join(lines) + "\n"
@@ -149,6 +168,7 @@ def full_table(root: str | Path = "results/full", table: str = "cifar100-lt", im
     out_json = Path(results) / f"{key}.json"
     paper = PAPER.get(table, {})
     rows = [read_row(r, root / f"{table}-if{imbalance:g}" / f"{r.recipe}-s{seed}", paper, imbalance) for r in ROWS]
+    mark_upstream_dirty(rows)
     doc = {"table": table, "imbalance": imbalance, "seed": seed, "device": device, "paper_source": PAPER_SOURCE,
            "results_file": str(out_json), "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "rows": rows}
     md = render(doc)
