@@ -106,7 +106,7 @@ class RuntimeConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: str = choice("auto", "bf16", "fp16", "off")  # auto: bf16 where fast
     channels_last: bool = True
-    compile: bool = False  # torch.compile: +10% on CPU after a 45-60 s cold compile
+    compile: bool = False  # torch.compile: no faster on a 2-core EPYC after a 62 s cold compile (results/cpu-settings-cpu.json)
     seed: int = 0
     threads: int = 0  # torch intra-op threads (0: leave as is)
     eval_every: int = 0  # evaluate on validation every N epochs (0: only at the end of a stage)
