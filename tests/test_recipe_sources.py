@@ -29,7 +29,7 @@ def _t(**datasets: str) -> dict[str, frozenset[str]]:
     return {d.replace("_", "-"): frozenset(b.split()) for d, b in datasets.items()}
 
 
-# Read off the papers in /work/shared/papers (captions and table headers).
+# Read off the papers in ../shared/papers (beside the repository) (captions and table headers).
 PAPERS = {
     "SSD": Paper("000_6be23079381adbb3.txt", ("SSD",), {
         1: _t(imagenet_lt="resnext50_32x4d"),
@@ -56,7 +56,7 @@ PAPERS = {
         5: _t(imagenet_lt="resnet10", places_lt="resnet50"),  # rotation as augmentation
     }, equations=2, figures=4, algorithms=1),
 }
-# Cited for settings, not in /work/shared/papers: their table numbers cannot be checked here.
+# Cited for settings, not in ../shared/papers (beside the repository): their table numbers cannot be checked here.
 UNCHECKED = ("Decoupling", "Kang et al.", "Menon et al.", "LDAM", "BBN", "MoCo", "OLTR", "SimCLR")
 
 DATASET_NAMES = {
@@ -97,7 +97,7 @@ def check_citations(text: str, dataset: str | None = None, backbone: str | None 
                     problems.append(f"{m.group(0)!r} names no paper: {line.strip()!r}")
                 continue
             name = paper_of(aliases[-1])
-            if name is None:  # a paper outside /work/shared/papers
+            if name is None:  # a paper outside ../shared/papers (beside the repository)
                 continue
             paper = PAPERS[name]
             valid = set(paper.tables) if kind == "tables" else set(range(1, getattr(paper, kind) + 1))

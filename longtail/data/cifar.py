@@ -211,7 +211,7 @@ def load_cifar(name: str, root, download: bool = False) -> CifarArrays:
     folder, archive = root / spec.folder, root / spec.archive
     if folder.is_dir():
         members, where = _read_folder(folder, spec), folder
-        source = {"folder": str(folder)}
+        source = {"folder": folder.name}  # the name, not this machine's path: the record travels
     else:
         if not archive.is_file():
             if not download:
@@ -225,7 +225,7 @@ def load_cifar(name: str, root, download: bool = False) -> CifarArrays:
             warnings.warn(
                 f"{archive} has md5 {md5}, official {spec.md5}; using it anyway", ChecksumWarning, stacklevel=2
             )
-        source = {"archive": str(archive), "md5": md5, "official_md5": spec.md5}
+        source = {"archive": archive.name, "md5": md5, "official_md5": spec.md5}  # md5 names the content
     train = [_batch(members[m], spec, f"{where}:{m}") for m in spec.train]
     test_images, test_labels = _batch(members[spec.test], spec, f"{where}:{spec.test}")
     return CifarArrays(

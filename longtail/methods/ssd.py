@@ -171,5 +171,6 @@ class SSDDistill(Method):
         if self.ctx.out_dir is not None:
             from ..report.plots import plot_label_distribution
 
-            dist["png"] = plot_label_distribution(dist, self.ctx.out_dir / "label_distribution.png")
+            png = plot_label_distribution(dist, self.ctx.out_dir / "label_distribution.png")
+            dist["png"] = "label_distribution.png" if png else None  # beside the stage's record, not this machine's path
         return {"label_distribution": dist}
