@@ -67,14 +67,15 @@ def _last_epoch(metrics: Path) -> int | None:
     return epoch
 
 
-def _planned_epochs(run: Path, stage: str) -> int | None:
+def _recipe_stages(run: Path) -> list[dict]:
+    """The stages of the run's resolved recipe.yaml, in order ([] when it is missing or unreadable)."""
     import yaml
 
     try:
-        doc = yaml.safe_load((run / "recipe.yaml").read_text())
-        return next(s.get("epochs") for s in doc["stages"] if s["name"] == stage)
-    except (OSError, yaml.YAMLError, KeyError, TypeError, StopIteration):
-        return None
+        stages = yaml.safe_load((run / "recipe.yaml").read_text())["stages"]
+        return [s for s in stages if isinstance(s, dict) and "name" in s]
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return []
 
 
 def read_row(row: FullRow, run: Path, paper: dict, imbalance: float) -> dict:
@@ -100,7 +101,7 @@ def read_row(row: FullRow, run: Path, paper: dict, imbalance: float) -> dict:
     epoch = _last_epoch(stage_dir / "metrics.jsonl")
     if epoch is None:
         return {**out, "status": "not started"}
-    return {**out, "status": "running", "epoch": epoch, "epochs": _planned_epochs(run, row.stage),
+    return {**out, "status": "running", "epoch": epoch, "epochs": next((s.get("epochs") for s in _recipe_stages(run) if s["name"] == row.stage), None),
             "resumable": (stage_dir / "checkpoint.pt").is_file()}
 
 
@@ -108,19 +109,10 @@ def mark_upstream_dirty(rows: list[dict]) -> None:
     """A stage is only as clean as the stages before it in its run (it starts from them or learns from them):
     conservatively, any earlier stage of the same run folder, in recipe order."""
     for r in rows:
-        order, r["upstream_dirty"] = _stage_order(Path(r["run"])), False
+        order, r["upstream_dirty"] = [s["name"] for s in _recipe_stages(Path(r["run"]))], False
         if r["stage"] in order:
             before = set(order[: order.index(r["stage"])])
             r["upstream_dirty"] = any(o.get("dirty") for o in rows if o["run"] == r["run"] and o["stage"] in before)
-
-
-def _stage_order(run: Path) -> list[str]:
-    import yaml
-
-    try:
-        return [s["name"] for s in yaml.safe_load((run / "recipe.yaml").read_text())["stages"]]
-    except (OSError, yaml.YAMLError, KeyError, TypeError):
-        return []
 
 
 def _fmt(v, nd=2) -> str:
