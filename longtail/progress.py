@@ -11,16 +11,22 @@ def _fmt_time(s: float) -> str:
 
 
 class ProgressBar:
-    """One line per stage, redrawn in place on a terminal; a line every ~10% otherwise (CI logs)."""
+    """One line per stage, redrawn in place on a terminal. Otherwise (CI logs, ``nohup`` runs) a line at
+    every ~10 % and at least every ``log_every`` seconds, so an hours-long stage shows it is alive."""
 
-    def __init__(self, total: int, desc: str, start: int = 0, enabled: bool = True, stream=None):
+    MIN_RATE_SECONDS = 5.0  # a rate over the first seconds (warm-up, a resume's first step) misleads
+
+    def __init__(self, total: int, desc: str, start: int = 0, enabled: bool = True, stream=None,
+                 log_every: float = 60.0, clock=time.perf_counter):
         self.total, self.desc, self.n = total, desc, start
         self.start_n = start
         self.enabled = enabled
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
-        self.t0 = time.perf_counter()
-        self.last_draw = 0.0
+        self.clock = clock
+        self.log_every = log_every
+        self.t0 = clock()
+        self.last_draw = self.t0
         self.last_decile = -1
         self.postfix = ""
 
@@ -30,23 +36,25 @@ class ProgressBar:
             self.postfix = " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in postfix.items())
         if not self.enabled:
             return
-        now = time.perf_counter()
+        now = self.clock()
         decile = 10 * self.n // max(1, self.total)
         if self.tty and (now - self.last_draw > 0.2 or self.n >= self.total):
             self._draw("\r", "")
             self.last_draw = now
-        elif not self.tty and decile != self.last_decile:
+        elif not self.tty and (decile != self.last_decile or now - self.last_draw >= self.log_every):
             self._draw("", "\n")
-            self.last_decile = decile
+            self.last_decile, self.last_draw = decile, now
 
     def _draw(self, pre: str, post: str) -> None:
-        elapsed = time.perf_counter() - self.t0
-        done = self.n - self.start_n
-        rate = done / elapsed if elapsed > 0 else 0.0
-        eta = (self.total - self.n) / rate if rate > 0 else 0.0
+        elapsed = self.clock() - self.t0
         frac = self.n / max(1, self.total)
         bar = "#" * int(20 * frac) + "-" * (20 - int(20 * frac))
-        line = f"{self.desc} [{bar}] {self.n}/{self.total} {_fmt_time(elapsed)}<{_fmt_time(eta)} {rate:.2f}it/s {self.postfix}"
+        if elapsed >= self.MIN_RATE_SECONDS and self.n > self.start_n:
+            rate = (self.n - self.start_n) / elapsed
+            timing = f"{_fmt_time(elapsed)}<{_fmt_time((self.total - self.n) / rate)} {rate:.2f}it/s"
+        else:
+            timing = f"{_fmt_time(elapsed)}<? ?it/s"
+        line = f"{self.desc} [{bar}] {self.n}/{self.total} {timing} {self.postfix}"
         self.stream.write(f"{pre}{line}{post}")
         self.stream.flush()
 
