@@ -3,7 +3,7 @@ import json
 
 import yaml
 
-from longtail.bench.full import ROWS, full_table
+from longtail.bench.full import ROWS, full_table, render
 from longtail.cli import main
 from longtail.engine.checkpoint import save_atomic
 
@@ -63,3 +63,19 @@ def test_cli_prints_the_table(tmp_path, capsys):
                  "--readme", str(readme)]) == 0
     out = capsys.readouterr().out
     assert "| LWS | 41.65 |" in out and "not started" in out
+
+
+def test_other_imbalance_lists_the_runs_that_exist_and_reads_the_smaller_lws_recipe(tmp_path):
+    run = tmp_path / "full" / "cifar100-lt-if50"
+    _finished(run / "lws-s0" / "ce", 43.5, ["c" * 40])
+    _finished(run / "lws-s0" / "lws", 46.4, ["c" * 40])
+    _finished(run / "ssd-s0" / "stage4", 50.1, ["e" * 40])
+    doc = full_table(tmp_path / "full", imbalance=50, results=tmp_path, readme=None)
+    rows = {r["label"]: r for r in doc["rows"]}
+    # the five SSD stages (four not started), then CE and LWS from the `lws` run; no CBD/BalanceAux rows
+    assert [r["stage"] for r in doc["rows"]] == ["stage1", "stage2", "stage3", "stage3_soft", "stage4", "ce", "lws"]
+    assert rows["LWS"]["recipe"] == "lws" and rows["LWS"]["paper"] == 46.0 and rows["LWS"]["gap"] == 0.4
+    assert rows["CE (LDAM schedule)"]["top1"] == 43.5 and rows["CE (LDAM schedule)"]["gap"] == -0.5
+    assert rows["**SSD** (IV: LWS on the hard head)"]["gap"] == round(50.1 - 50.5, 2)
+    assert (tmp_path / "full-cifar100-lt-if50-s0-cpu.json").is_file()
+    assert "CIFAR-100-LT, IF = 50, seed 0" in render(doc) and "[lws/lws](" in render(doc)

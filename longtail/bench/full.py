@@ -26,6 +26,7 @@ class FullRow:
     recipe: str
     stage: str
     paper_key: str | None = None  # a key of reproduce.PAPER[table]
+    also_in: tuple[str, ...] = ()  # smaller recipes that train the same stage (IF 50/10 run `lws`, not `decoupling`)
 
 
 ROWS = [
@@ -43,9 +44,9 @@ ROWS = [
     FullRow("**CBD** (K = 1)", "cbd", "cbd"),
     FullRow("**CBD_ENS** (K = 2)", "cbd", "cbd_ens"),
     FullRow("Teacher ensemble", "cbd", "ensemble"),
-    FullRow("CE (LDAM schedule)", "decoupling", "ce", "CE"),
+    FullRow("CE (LDAM schedule)", "decoupling", "ce", "CE", also_in=("lws", "ce")),
     FullRow("cRT", "decoupling", "crt"),
-    FullRow("LWS", "decoupling", "lws", "LWS"),
+    FullRow("LWS", "decoupling", "lws", "LWS", also_in=("lws",)),
     FullRow("tau-norm (no bias)", "decoupling", "tau_norm"),
     FullRow("NCM", "decoupling", "ncm"),
     FullRow("fine-tune", "decoupling", "finetune"),
@@ -78,10 +79,18 @@ def _recipe_stages(run: Path) -> list[dict]:
         return []
 
 
+def run_folder(table_dir: Path, row: FullRow, seed: int) -> Path:
+    """The row's run folder: its own recipe's, else the first smaller recipe's that exists."""
+    for recipe in (row.recipe, *row.also_in):
+        if (table_dir / f"{recipe}-s{seed}").is_dir():
+            return table_dir / f"{recipe}-s{seed}"
+    return table_dir / f"{row.recipe}-s{seed}"
+
+
 def read_row(row: FullRow, run: Path, paper: dict, imbalance: float) -> dict:
     """One table row as a dict: status, scores, paper gap, wall time, img/s and the commits that ran it."""
     stage_dir = run / row.stage
-    out = {"label": row.label, "recipe": row.recipe, "stage": row.stage, "run": str(run),
+    out = {"label": row.label, "recipe": run.name.rsplit("-s", 1)[0], "stage": row.stage, "run": str(run),
            "paper": paper.get(row.paper_key, {}).get(imbalance) if row.paper_key else None}
     final = stage_dir / "final.pt"
     if final.is_file():
@@ -159,7 +168,11 @@ def full_table(root: str | Path = "results/full", table: str = "cifar100-lt", im
     key = f"full-{table}-if{imbalance:g}-s{seed}-{device}"
     out_json = Path(results) / f"{key}.json"
     paper = PAPER.get(table, {})
-    rows = [read_row(r, root / f"{table}-if{imbalance:g}" / f"{r.recipe}-s{seed}", paper, imbalance) for r in ROWS]
+    table_dir = root / f"{table}-if{imbalance:g}"
+    runs = [(r, run_folder(table_dir, r, seed)) for r in ROWS]
+    if imbalance != 100:  # the issue plans every row at IF 100 only; elsewhere, the rows of runs that exist
+        runs = [(r, run) for r, run in runs if run.is_dir()]
+    rows = [read_row(r, run, paper, imbalance) for r, run in runs]
     mark_upstream_dirty(rows)
     doc = {"table": table, "imbalance": imbalance, "seed": seed, "device": device, "paper_source": PAPER_SOURCE,
            "results_file": str(out_json), "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "rows": rows}
