@@ -355,14 +355,22 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     warnings.formatwarning = lambda msg, cat, *a, **k: f"longtail: warning: {msg}\n"
+    ok = False
     try:
-        return args.func(args)
+        code = args.func(args)
+        ok = not code
+        return code
     except LongtailError as e:
         print(f"longtail: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("longtail: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if "torch.distributed" in sys.modules:  # only a command that ran torch can have joined a process group
+            from .engine.runtime import shutdown_runtime
+
+            shutdown_runtime(ok)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import torch
 import torch.multiprocessing as mp
 
 from longtail.data.synthetic import synthetic_bundle
+from longtail.engine.runtime import shutdown_runtime
 from longtail.methods import METHODS
 from longtail.methods.ce import CrossEntropy
 
@@ -50,7 +51,7 @@ def _worker(rank, world, port, out, batch=32):
     np.save(out / f"seen{rank}.npy", np.concatenate(RecordingCE.seen))
     np.save(out / f"steps{rank}.npy", np.array([len(s) for s in RecordingCE.seen]))
     torch.save(captured["model"].state_dict(), out / f"weights{rank}.pt")
-    torch.distributed.destroy_process_group()
+    shutdown_runtime()
 
 
 def test_two_ranks_see_disjoint_samples(tmp_path):
@@ -112,3 +113,25 @@ def test_torchrun_two_ranks_train_a_recipe_from_the_cli(tmp_path):
     final = results["final"]  # scored once, on the whole balanced test set (10 classes x 20)
     assert final["num_images"] == 200 and final["top1"] == pytest.approx(np.mean(final["per_class"]), abs=1e-3)
     assert done.stdout.count("results:") == 1  # rank 0 alone prints
+
+
+def _leave_group_worker(rank, world, port, out):
+    """One rank: a CLI command that joins a gloo group (as ``setup_runtime`` does), then whether it is gone."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
+    import longtail.cli as cli
+
+    def joins(args):
+        torch.distributed.init_process_group("gloo")
+        return 0
+
+    cli.cmd_recipes = joins
+    code = cli.main(["recipes"])
+    (out / f"rank{rank}").write_text(f"{code} {torch.distributed.is_initialized()}")
+
+
+def test_the_cli_leaves_the_process_group_it_ran_in(tmp_path):
+    """A rank that exits still in its gloo group can abort at teardown (SIGABRT: 2 of 4 torchrun runs of
+    ``longtail train`` failed so before this), so ``main`` leaves the group on the way out."""
+    mp.spawn(_leave_group_worker, args=(2, _free_port(), tmp_path), nprocs=2, join=True)
+    assert [(tmp_path / f"rank{r}").read_text() for r in range(2)] == ["0 False", "0 False"]

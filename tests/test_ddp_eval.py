@@ -22,7 +22,7 @@ from longtail.data.images import DataBundle, ImageSet, TensorStore
 from longtail.engine.checkpoint import load_checkpoint
 from longtail.engine.loop import StageContext, evaluate_split, run_over
 from longtail.engine.pipeline import run_recipe
-from longtail.engine.runtime import setup_runtime
+from longtail.engine.runtime import setup_runtime, shutdown_runtime
 from longtail.errors import ConfigError
 from longtail.methods import get_method
 from longtail.models.classifier import load_exported
@@ -203,4 +203,4 @@ def test_the_process_group_waits_dist_timeout_min(monkeypatch):
 
 if __name__ == "__main__":  # one torchrun rank
     train(Path(sys.argv[1]))
-    torch.distributed.destroy_process_group()
+    shutdown_runtime()

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from longtail.engine.runtime import shutdown_runtime
 from longtail.models.moco import MoCo
 from longtail.models.shuffle_bn import GhostBatchNorm, set_bn_groups, split_batchnorm
 
@@ -164,7 +165,7 @@ def _rank_main(out: Path) -> None:
     g = torch.Generator().manual_seed(100 + rank)  # per rank, like the engine's step generators: rank 0's decides
     k = moco.keys(enc, x_all[4 * rank:4 * rank + 4], g)
     torch.save({"keys": k, "bn_input": seen[0]}, out / f"rank{rank}.pt")
-    dist.destroy_process_group()
+    shutdown_runtime()
 
 
 def _free_port() -> int:

@@ -107,6 +107,20 @@ def setup_runtime(cfg: RuntimeConfig) -> Runtime:
     return Runtime(device, pick_amp(cfg.amp, device), cfg.channels_last, cfg.compile, rank, world, local_rank)
 
 
+def shutdown_runtime(ok: bool = True) -> None:
+    """Leave the torchrun process group. Without it a rank that finishes first tears gloo down at
+    interpreter exit while its peer still talks, and aborts ("terminate called without an active
+    exception", SIGABRT), which torchrun reports as a failed run. The barrier waits for every rank; after
+    an error the peers may never reach it, so then the group is only destroyed."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    with contextlib.suppress(Exception):
+        if ok:
+            dist.barrier()
+    with contextlib.suppress(Exception):
+        dist.destroy_process_group()
+
+
 def derive_seed(*parts) -> int:
     """A 63-bit seed from any tuple: independent streams for (seed, stage, epoch, step, rank)."""
     h = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
