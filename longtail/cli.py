@@ -250,7 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("checkpoint")
     e.add_argument("--data-root")
     e.add_argument("--device")
-    e.add_argument("--split", default="test", choices=["test", "val"])
+    e.add_argument("--split", default="test", choices=["test", "val", "train"],
+                   help="train: the training images, unaugmented (top1 over images, groups over classes)")
     e.set_defaults(func=cmd_eval)
 
     d = sub.add_parser("data", help="dataset tools")

@@ -101,6 +101,17 @@ def test_train_shows_progress_and_eval_agrees(full_run):
         assert ev[k] == res["final"][k], k
     assert res["final"]["many"] is None  # synthetic IF=10 has no class above 100 images
 
+    p = longtail("eval", d / "run" / "ce" / "final.pt", "--split", "train")
+    assert p.returncode == 0, p.stderr
+    tr = json.loads(p.stdout)
+    from longtail.engine.checkpoint import load_checkpoint
+
+    counts = load_checkpoint(d / "run" / "ce" / "final.pt")["data"]["train_counts"]
+    assert tr["num_images"] == sum(counts) and len(tr["per_class"]) == len(counts)
+    # top1 counts images, so on the long-tailed training set it is the count-weighted mean of per_class
+    by_count = sum(a * n for a, n in zip(tr["per_class"], counts)) / sum(counts)
+    assert tr["top1"] == pytest.approx(by_count, abs=0.01)
+
 
 def test_sigkill_mid_epoch_then_resume_matches(full_run, tmp_path):
     d, res = full_run

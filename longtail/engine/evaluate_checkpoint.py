@@ -32,7 +32,8 @@ def evaluate_checkpoint(path, data_root: str | None = None, device: str | None =
         import torch
 
         model.to(memory_format=torch.channels_last)
-    target = data.test if split == "test" else data.val
+    # train: the training images without augmentation, to see how far a model memorised its training set
+    target = {"test": data.test, "val": data.val, "train": data.train}[split]
     if target is None:
         raise CheckpointError(f"the dataset of {path} has no {split} split")
     return {**evaluate_split(method, model, ctx, target.to(rt.device)), "stage": ck["stage"], "checkpoint": str(path)}
