@@ -2,7 +2,7 @@
 beside test accuracy, per shot group.
 
     python benchmarks/train_fit.py BalanceAux=results/full/cifar100-lt-if100/balance_aux-s0/main/final.pt \
-        CE-BBN=results/full/cifar100-lt-if100/ssd-s0/stage1/final.pt --out results/diagnostics/train-fit-cpu.json
+        SSD-I=results/full/cifar100-lt-if100/ssd-s0/stage1/final.pt --out results/diagnostics/train-fit-cpu.json
 """
 import argparse
 import datetime
