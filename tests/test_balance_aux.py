@@ -105,6 +105,8 @@ def test_trains_and_exports_one_head(data, tmp_path):
     assert any(k.startswith("aux.rrs_head") for k in full) and any(k.startswith("aux.rotation") for k in full)
     logged = (tmp_path / "main" / "metrics.jsonl").read_text()
     assert all(f'"{k}"' in logged for k in ("cbs", "rrs", "ss"))
+    m = res["stages"]["main"]  # images drawn per second: both feeds' 32-image batches a step
+    assert m["train_img_per_s_last_segment"] == pytest.approx(m["steps"] * 64 / m["train_seconds"], rel=0.02)
     # The exported head alone gives the reported score (re-scored outside the engine, eval preprocessing) ...
     r = recipe(epochs=2)
     ctx = StageContext(r, r.stages[0], data, setup_runtime(r.runtime))

@@ -343,8 +343,10 @@ def train_stage(ctx: StageContext, stage_dir: Path, resume: bool = False) -> dic
     bar.close()
     train_time = time.perf_counter() - t_start
 
-    # This segment's own rate, training steps only: what a full run sustains, beside bench's bursts.
-    rate = (total_steps - start_step) * stage.batch_size / train_time if train_time > 0 and total_steps > start_step else None
+    # This segment's own rate, training steps only: what a full run sustains, beside bench's bursts. Every
+    # feed's batch counts (BalanceAux draws two a step); augmented copies such as rotations do not.
+    per_step = sum(s.batch_size for s in samplers.values())
+    rate = (total_steps - start_step) * per_step / train_time if train_time > 0 and total_steps > start_step else None
     metrics = finish_stage(method, model, ctx, stage_dir, history, logger, train_time, total_steps, img_per_s=rate)
     logger.close()
     rt.barrier()
