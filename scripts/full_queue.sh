@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Run full-schedule recipes one after another, each from a clean worktree of the commit that was HEAD when
-# the queue started, so code edited beside a long run never marks its provenance dirty:
+# Run full-schedule recipes one after another, each from a clean worktree of the newest commit that changed
+# code when the queue started, so code edited beside a long run never marks its provenance dirty:
 #   bash scripts/full_queue.sh 0 cifar100-lt/ssd cifar100-lt/balance_aux cifar100-lt/lws@50 ...
 # (recipe@IF sets the imbalance factor, default 100). Each run writes (and, run again from any clone, continues
 # with --resume) results/full/<dataset>-if<IF>/<recipe>-s<seed>/ in this checkout.
@@ -11,7 +11,9 @@ cd "$(dirname "$0")/.."
 seed=$1; shift
 bash scripts/install.sh >/dev/null
 repo=$(pwd)
-commit=$(git rev-parse HEAD)
+# The newest commit that changed code, not a state commit of results/full: commit_full_runs.sh amends those,
+# and a run's provenance must name a commit that stays in the history.
+commit=$(git log -1 --format=%H -- . ':(exclude)results/full')
 wt=$(dirname "$repo")/longtail-run-${commit:0:12}
 [ -d "$wt" ] || git worktree add --detach "$wt" "$commit" >/dev/null
 export LONGTAIL_DATA=${LONGTAIL_DATA:-$(dirname "$repo")/shared/data}
