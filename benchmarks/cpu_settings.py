@@ -26,6 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from longtail.bench.throughput import epoch_end_times  # noqa: E402
 from longtail.engine.checkpoint import write_text_atomic  # noqa: E402
 from longtail.engine.pipeline import git_commit  # noqa: E402
 
@@ -44,10 +45,7 @@ def epoch_times(metrics: Path, steps_per_epoch: int) -> tuple[float, list[float]
     """(seconds from the segment start to the end of epoch 1, [seconds of each later epoch])."""
     recs = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
     start = next(r["time"] for r in recs if r.get("event") == "segment")
-    ends: dict[int, float] = {}
-    for r in recs:
-        if "loss" in r and r["step"] % steps_per_epoch == 0:
-            ends[r["step"] // steps_per_epoch] = r["time"]
+    ends = epoch_end_times(recs, steps_per_epoch)
     n = max(ends)
     return ends[1] - start, [ends[e] - ends[e - 1] for e in range(2, n + 1)]
 

@@ -315,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--data-root")
     bt.add_argument("--device")
     bt.add_argument("--steps", type=int, default=30, help="timed steps per measurement")
+    bt.add_argument("--epochs", type=int, default=2, help="whole epochs of the loop (the sustained rate is epochs 2..N; at least 2)")
     bt.add_argument("--results", default="results", help="folder for throughput-<device>.json")
     bt.add_argument("--quick", action="store_true", help="few steps, for smoke tests (numbers are not meaningful)")
     bt.add_argument("--batch", type=int, help=argparse.SUPPRESS)  # tests: smaller batches (default 128)

@@ -12,7 +12,9 @@ import pytest
 import torch
 
 from longtail.bench.stepcost import METHOD_STAGES
+from longtail.bench.throughput import epoch_end_times, sustained_rate
 from longtail.cli import main
+from longtail.errors import LongtailError
 
 MEASURED = ("images_per_s", "ms_per_step", "images_per_step", "peak_mem_mib")
 
@@ -57,9 +59,11 @@ def test_quick_throughput_writes_every_figure_with_provenance(tmp_path, one_thre
 
     loop = res["longtail_loop"]
     assert loop["images_per_s"] > 0 and loop["steps_timed"] >= 1
+    assert loop["sustained_images_per_s"] > 0 and loop["sustained_epochs"] == 1  # --epochs 2 by default
     model = res["model_alone"]
     assert model["images_per_s"] == max(model["runs"])
     assert res["ratios"]["loop_over_model_alone"] == pytest.approx(loop["images_per_s"] / model["images_per_s"], rel=1e-3)
+    assert res["ratios"]["sustained_over_model_alone"] == pytest.approx(loop["sustained_images_per_s"] / model["images_per_s"], rel=1e-3)
     assert res["ratios"]["loop_over_classic"] == pytest.approx(loop["images_per_s"] / res["classic_pipeline"]["images_per_s"], rel=1e-3)
 
     prov = res["provenance"]
@@ -73,3 +77,19 @@ def test_quick_throughput_writes_every_figure_with_provenance(tmp_path, one_thre
     assert prov["command"] == "longtail " + " ".join(argv)
     assert prov["args"]["batch"] == 16 and prov["args"]["quick"] is True and prov["args"]["device"] == "cpu"
     assert res["settings"]["quick"] is True and res["settings"]["peak_memory"].startswith("cpu:")
+
+
+def test_sustained_rate_spans_whole_epochs_after_the_first():
+    # 4 steps per epoch, 500 images per epoch; epoch ends at steps 4, 8, 12 stamped 10.0, 12.0, 14.5 s.
+    lines = [{"step": 2, "time": 9.0, "loss": 1.0}, {"step": 4, "time": 10.0, "loss": 1.0},
+             {"step": 6, "time": 11.0, "loss": 1.0}, {"step": 8, "time": 12.0, "loss": 1.0},
+             {"step": 8, "time": 12.5, "val_top1": 3.0}, {"step": 12, "time": 14.5, "loss": 1.0}]
+    assert epoch_end_times(lines, 4) == {1: 10.0, 2: 12.0, 3: 14.5}
+    assert sustained_rate(lines, 4, 500) == (round(2 * 500 / 4.5, 1), 2)
+    with pytest.raises(LongtailError, match=r"two whole epochs; the run logged the ends of \[1\]"):
+        sustained_rate(lines[:2], 4, 500)
+
+
+def test_throughput_refuses_fewer_than_two_epochs(capsys):
+    assert main(["bench", "throughput", "--quick", "--synthetic", "--epochs", "1", "--device", "cpu"]) != 0
+    assert "--epochs 1: the sustained rate needs at least 2" in capsys.readouterr().err
