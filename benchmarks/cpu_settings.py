@@ -25,10 +25,12 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from longtail.bench.throughput import epoch_end_times  # noqa: E402
 from longtail.engine.checkpoint import write_text_atomic  # noqa: E402
 from longtail.engine.pipeline import git_commit  # noqa: E402
+from train_process import cpu_name  # noqa: E402
 
 MALLOC = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "17179869184"}
 SETTINGS = {  # name: (overrides, malloc env)
@@ -92,8 +94,7 @@ def main() -> int:
     if base:
         for r in rows.values():
             r["rate_vs_defaults"] = round(r["steady_img_per_s"] / base["steady_img_per_s"], 3)
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
+    cpu = cpu_name()
     doc = {"what": "cifar100-lt/ce (ResNet-32, batch 128) through the engine, one fresh process per setting",
            "settings": rows,
            "provenance": {"commit": git_commit(), "cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),

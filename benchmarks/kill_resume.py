@@ -36,11 +36,13 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # train_process, also when loaded by path (tests)
 
 import torch  # noqa: E402
 
 from longtail.engine.checkpoint import load_checkpoint  # noqa: E402
 from longtail.engine.pipeline import git_commit  # noqa: E402
+from train_process import Forked, child, cpu_name, read_progress  # noqa: E402
 
 METRIC_KEYS = ("top1", "top5", "many", "medium", "few", "per_class")
 STAGES = ("ce", "lws")
@@ -68,75 +70,6 @@ stages:
 REAL_ARGS = ["--epochs-scale", "0.005", "--set", "runtime.device=cpu", "--set", "runtime.amp=off",
              "--set", "runtime.threads=1", "--set", f"runtime.checkpoint_every={REAL_EVERY}", "--set", "runtime.progress=false",
              "--set", "runtime.tensorboard=false"]
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def install_progress_hooks(path: Path) -> None:
-    """In a training process: keep ``path`` saying where the run is, ``{"stage", "phase", "step", "of"}``, so
-    the driver can aim its kills at training steps and record what each one interrupted.
-
-    ``phase`` is ``start-up`` (a stage is being built or restored), ``train`` (global step ``step`` of ``of``
-    has begun: its batch is fetched), ``writing checkpoint.pt`` / ``best.pt`` / ``final.pt``, or
-    ``evaluation`` (the stage's last validation and test passes). The engine functions are wrapped by name;
-    what they compute, and every random stream, is unchanged. One small file replace per step.
-    """
-    from longtail.engine import loop, pipeline
-
-    path = Path(path)
-    scratch = path.with_name(path.name + ".w")
-    state = {"stage": None, "phase": "start-up", "step": None, "of": None}
-    real_train_stage, real_lr_at, real_finish, real_save = pipeline.train_stage, loop.lr_at, loop.finish_stage, loop.save_atomic
-
-    def report(**changes):
-        state.update(changes)
-        scratch.write_text(json.dumps(state))
-        os.replace(scratch, path)
-
-    def train_stage(ctx, *a, **k):
-        report(stage=ctx.stage.name, phase="start-up", step=None, of=None)
-        return real_train_stage(ctx, *a, **k)
-
-    def lr_at(step, total_steps, *a, **k):
-        report(phase="train", step=step, of=total_steps)
-        return real_lr_at(step, total_steps, *a, **k)
-
-    def finish_stage(*a, **k):
-        report(phase="evaluation")
-        return real_finish(*a, **k)
-
-    def save_atomic(obj, target, *a, **k):
-        phase = state["phase"]
-        report(phase=f"writing {Path(target).name}")
-        try:
-            return real_save(obj, target, *a, **k)
-        finally:
-            report(phase=phase)
-
-    pipeline.train_stage, loop.lr_at, loop.finish_stage, loop.save_atomic = train_stage, lr_at, finish_stage, save_atomic
-
-
-def read_progress(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-
-
-def child(progress: str, argv: list[str]) -> int:
-    """A training process: ``longtail <argv>`` reporting its progress to ``progress``."""
-    install_progress_hooks(Path(progress))
-    from longtail import cli
-
-    return cli.main(argv)
 
 
 def pick_kill_points(steps: dict[str, int], kills: int, rng: random.Random) -> list[dict]:
@@ -168,46 +101,6 @@ def reached(progress: dict | None, target: dict, order: list[str]) -> bool:
     if here != there:
         return here > there
     return progress["phase"] != "start-up" and progress["step"] is not None and progress["step"] >= target["step"]
-
-
-class Forked:
-    """A ``longtail train`` forked from this (already warm) process: a real process to SIGKILL, minus the
-    seconds of importing torch and torch._dynamo that every fresh ``python -m longtail`` pays."""
-
-    def __init__(self, argv: list[str], log, progress: Path):
-        log.flush()
-        self.pid = os.fork()
-        if self.pid == 0:  # the child: run the CLI, never return into the caller's code
-            rc = 1
-            try:
-                os.dup2(log.fileno(), 1)
-                os.dup2(log.fileno(), 2)
-                rc = child(str(progress), argv)
-            except BaseException:  # noqa: BLE001
-                import traceback
-
-                traceback.print_exc()
-            finally:
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(rc)
-        self.returncode = None
-
-    def poll(self):
-        if self.returncode is None:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-            if pid:
-                self.returncode = os.waitstatus_to_exitcode(status)
-        return self.returncode
-
-    def send_signal(self, sig):
-        if self.poll() is None:
-            os.kill(self.pid, sig)
-
-    def wait(self):
-        if self.returncode is None:
-            self.returncode = os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
-        return self.returncode
 
 
 class Runner:
