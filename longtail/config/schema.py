@@ -56,6 +56,7 @@ class ModelConfig:
     neck_relu: bool = False  # OLTR's 512-d FC is ReLU'd (F.relu(fc_add(x))); the BalanceAux recipes keep it
     pretrained: str | None = None  # a local torchvision-format ResNet state dict
     zero_init_residual: bool = False
+    experts: int = 0  # > 1: a shared stem (conv1 + layer1) with this many later-stage branches and heads (BalPoE, RIDE); CIFAR ResNets only
 
 
 @dataclass
@@ -81,6 +82,18 @@ class ScheduleConfig:
 
 
 @dataclass
+class MixConfig:
+    """Mixup / CutMix of a stage's training batches (Zhang et al. 2018; Yun et al. 2019): one lambda and one
+    permutation per batch and feed, as BalPoE and MiSLAS do; every loss then scores both label sets."""
+
+    kind: str = choice("none", "mixup", "cutmix", "mixup_cutmix")  # mixup_cutmix: one of the two per batch, at switch_prob
+    alpha: float = 0.4  # mixup: lambda ~ Beta(alpha, alpha) (BalPoE CIFAR: 0.4; MiSLAS: 1.0)
+    cutmix_alpha: float = 1.0  # cutmix: lambda ~ Beta(a, a), then lambda = 1 - box area
+    switch_prob: float = 0.5  # mixup_cutmix: the chance of cutmix
+    until_epoch: int | None = None  # off from this epoch on (None: every epoch)
+
+
+@dataclass
 class StageConfig:
     name: str = "main"
     method: str = "ce"
@@ -96,6 +109,7 @@ class StageConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     augment: Any = "cifar"  # a preset name or a list of ops
     eval_augment: Any = "eval"
+    mix: MixConfig = field(default_factory=MixConfig)
     select: str = choice("last", "best_val")  # selection uses the validation split only
     seed: int | None = None  # seed of this stage's fresh weights (e.g. CBD teachers of one type); None: from (runtime.seed, stage name)
     params: dict = field(default_factory=dict)  # the method's own options, checked by the method

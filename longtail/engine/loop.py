@@ -21,6 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..config import Recipe, StageConfig
 from ..data.augment import Augment, ImageList
+from ..data.augment.mix import Mixer
 from ..data.images import DataBundle, ImageSet, TensorStore
 from ..data.samplers import build_sampler
 from ..errors import CheckpointError, TrainingError
@@ -103,8 +104,8 @@ class Feeder:
     batched on the device with the step's generator.
     """
 
-    def __init__(self, split: ImageSet, augment: Augment, rt: Runtime, *seed_parts):
-        self.split, self.augment, self.rt, self.seed_parts = split, augment, rt, seed_parts
+    def __init__(self, split: ImageSet, augment: Augment, rt: Runtime, *seed_parts, mixer: Mixer | None = None):
+        self.split, self.augment, self.rt, self.seed_parts, self.mixer = split, augment, rt, seed_parts, mixer
         decode_on(split, rt)
         self.pool = None if isinstance(split.store, TensorStore) else ThreadPoolExecutor(1, thread_name_prefix="feed")
         self.ahead: dict[tuple, tuple[np.ndarray, Future]] = {}
@@ -137,7 +138,10 @@ class Feeder:
         if self.rt.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         y = torch.from_numpy(labels).to(self.rt.device, non_blocking=True)
-        return Batch(x, y, torch.from_numpy(index).to(self.rt.device), raw)
+        mix = None
+        if self.mixer is not None and self.mixer.active(key[0]):  # after the ops: teachers score the mixed batch too
+            x, mix = self.mixer(x, y, derive_seed(*self.seed_parts, *key, "mix") & 0x7FFFFFFF)
+        return Batch(x, y, torch.from_numpy(index).to(self.rt.device), raw, epoch=key[0], mix=mix)
 
 
 def cut_files(aug: Augment, images, g: torch.Generator) -> tuple[torch.Tensor, bool]:
@@ -261,7 +265,7 @@ def train_stage(ctx: StageContext, stage_dir: Path, resume: bool = False) -> dic
     primary = next(iter(samplers.values()))
     steps_per_epoch = primary.steps_per_epoch
     total_steps = stage.epochs * steps_per_epoch
-    feeder = Feeder(train, ctx.augment(stage.augment), rt, seed, stage.name, rt.rank)
+    feeder = Feeder(train, ctx.augment(stage.augment), rt, seed, stage.name, rt.rank, mixer=Mixer(stage.mix))
 
     ckpt_path = stage_dir / "checkpoint.pt"
     epoch, step, history = 0, 0, []

@@ -25,7 +25,8 @@ from torch import nn
 
 from ..data.augment import rotate90
 from ..errors import ConfigError
-from .base import Feed, Method, Term, add_aux, register
+from ..losses import class_ce
+from .base import Feed, Method, Term, add_aux, register, repeat_labels
 from .ssd import rotation_batch, unwrap
 
 
@@ -58,12 +59,12 @@ class BalanceAux(Method):
         same backbone call, so it lives in ``loss`` only."""
         c, terms = self.ctx.num_classes, {}
         if self.p.l1 > 0:
-            terms["cbs"] = Term(self.p.l1, lambda core, out, b: F.cross_entropy(out["main"].float(), b.y), feed="cbs", heads=("main",))
+            terms["cbs"] = Term(self.p.l1, lambda core, out, b: class_ce(out["main"], b), feed="cbs", heads=("main",))
         if self.p.l2 > 0 and self.p.l1 > 0:
-            terms["rrs"] = Term(self.p.l2, lambda core, out, b: F.cross_entropy(core.aux["rrs_head"](out["feat"]).float(), b.y),
+            terms["rrs"] = Term(self.p.l2, lambda core, out, b: class_ce(core.aux["rrs_head"](out["feat"]), b),
                                 feed="rrs", aux={"rrs_head": lambda d: nn.Linear(d, c)})
         elif self.p.l2 > 0:  # RRS-only: the instance stream trains h itself
-            terms["rrs"] = Term(self.p.l2, lambda core, out, b: F.cross_entropy(out["main"].float(), b.y), feed="rrs", heads=("main",))
+            terms["rrs"] = Term(self.p.l2, lambda core, out, b: class_ce(out["main"], b), feed="rrs", heads=("main",))
         return terms
 
     def build_model(self):
@@ -94,7 +95,7 @@ class BalanceAux(Method):
         for i, (name, head, w) in enumerate(streams):
             lo = sum(sizes[:i])
             f = torch.cat([feat[c * n + lo : c * n + lo + sizes[i]] for c in range(copies)])
-            l_stream = F.cross_entropy(head(f).float(), batch[name].y.repeat(copies))
+            l_stream = class_ce(head(f), repeat_labels(batch[name], copies))
             loss = loss + w * l_stream
             parts[name] = l_stream.detach()
         if self.p.rotation == "task":

@@ -17,18 +17,22 @@ import torch
 from torch import nn
 
 from ..config import parse_params
+from ..data.augment.mix import MixedLabels
 from ..errors import ConfigError
 from ..models.classifier import build_classifier, load_fitting
 
 
 @dataclass
 class Batch:
-    """One feed's share of a step: augmented input, labels, dataset indices and the raw uint8 images."""
+    """One feed's share of a step: augmented (and perhaps mixed) input, labels, dataset indices, the raw
+    uint8 images, and where training stands (losses that change over the schedule, such as DRW, read it)."""
 
     x: torch.Tensor
     y: torch.Tensor
     index: torch.Tensor
     raw: torch.Tensor
+    epoch: int = 0  # the 0-based epoch of this step
+    mix: MixedLabels | None = None  # set when x is a mix of two images: every loss scores both labels (losses.class_ce)
 
 
 @dataclass
@@ -86,6 +90,14 @@ def weighted_loss(model: nn.Module, batch: dict[str, Batch], terms: dict[str, Te
         loss = t.weight * value if loss is None else loss + t.weight * value
         parts[name] = value.detach()
     return loss, parts
+
+
+def repeat_labels(b: Batch, copies: int) -> Batch:
+    """``b`` with its labels (mixed ones too) repeated for ``copies`` stacked copies of its images."""
+    if copies == 1:
+        return b
+    mix = None if b.mix is None else MixedLabels(b.mix.y.repeat(copies), b.mix.lam)
+    return dataclasses.replace(b, y=b.y.repeat(copies), mix=mix)
 
 
 METHODS: dict[str, type["Method"]] = {}

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from ..losses import class_ce, log_prior
 from ..models.classifier import build_classifier, load_exported
 from .base import Method, Term, register
 from .ssd import kd_loss
@@ -69,8 +70,7 @@ class ClassBalancedDistillation(Method):
         super().prepare(model)
         self.teachers = [self.ctx.load_teacher(ref) for ref in self.p.teachers]
         if self.p.la_tau > 0:
-            counts = torch.as_tensor(self.ctx.train_counts, dtype=torch.float32).clamp(min=1)
-            self.log_prior = torch.log(counts / counts.sum()).to(self.ctx.runtime.device)
+            self.log_prior = log_prior(self.ctx.train_counts, self.ctx.runtime.device)
 
     # Frozen teachers, eval mode, no autograd, on the student's augmented batch.
     @torch.no_grad()
@@ -93,7 +93,7 @@ class ClassBalancedDistillation(Method):
 
     def ce_term(self, core, out, b):
         z = out[self.head_name].float()
-        return F.cross_entropy(z + self.p.la_tau * self.log_prior if self.p.la_tau > 0 else z, b.y)
+        return class_ce(z + self.p.la_tau * self.log_prior if self.p.la_tau > 0 else z, b)
 
     def feature_term(self, core, out, b):
         v_hat = self.teacher_features(b.x)

@@ -4,8 +4,7 @@ The two baselines differ only in the stage's ``sampler``, set in the recipe.
 """
 from __future__ import annotations
 
-import torch.nn.functional as F
-
+from ..losses import class_ce
 from .base import Method, Term, register
 
 
@@ -15,4 +14,4 @@ class CrossEntropy(Method):
 
     def terms(self):
         head = self.head_name
-        return {"ce": Term(1.0, lambda core, out, b: F.cross_entropy(out[head].float(), b.y), heads=(head,))}
+        return {"ce": Term(1.0, lambda core, out, b: class_ce(out[head], b), heads=(head,))}

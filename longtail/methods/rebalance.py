@@ -19,7 +19,8 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ..models.adjust import LogitAdjust, LWSScale, NearestClassMean, TauNorm
-from .base import register
+from ..losses import class_ce, log_prior
+from .base import Term, register
 from .ce import CrossEntropy
 
 
@@ -135,8 +136,7 @@ class PostHocLogitAdjustment(PostHoc):
         return LogitAdjust(self.ctx.num_classes)
 
     def fit(self, model):
-        counts = torch.as_tensor(self.ctx.train_counts, dtype=torch.float32)
-        model.adjust[self.head_name].log_prior.copy_(torch.log(counts / counts.sum()))
+        model.adjust[self.head_name].log_prior.copy_(log_prior(self.ctx.train_counts))
         return self.choose_tau(model)
 
 
@@ -190,11 +190,8 @@ class LogitAdjustedLoss(CrossEntropy):
 
     def prepare(self, model):
         super().prepare(model)
-        counts = torch.as_tensor(self.ctx.train_counts, dtype=torch.float32).clamp(min=1)
-        self.log_prior = torch.log(counts / counts.sum()).to(self.ctx.runtime.device)
+        self.log_prior = log_prior(self.ctx.train_counts, self.ctx.runtime.device)
 
-    def loss(self, model, batch, g):
-        b = batch["x"]
-        z = model(b.x)[self.head_name].float() + self.p.tau * self.log_prior
-        loss = F.cross_entropy(z, b.y)
-        return loss, {"la_ce": loss.detach()}
+    def terms(self):
+        head = self.head_name
+        return {"la_ce": Term(1.0, lambda core, out, b: class_ce(out[head].float() + self.p.tau * self.log_prior, b), heads=(head,))}

@@ -29,6 +29,7 @@ from torch import nn
 
 from ..data.augment import random_rotate90
 from ..errors import ConfigError
+from ..losses import class_ce
 from ..models.moco import MoCo
 from .base import Method, Term, register, unwrap
 
@@ -90,11 +91,11 @@ class SSDSelfSupervised(Method):
         if self.p.self_sup == "rotation":
             x_rot, k = rotation_batch(b.x, g)
             out = model(torch.cat([b.x, x_rot]))
-            ce = F.cross_entropy(out["main"][:n].float(), b.y)
+            ce = class_ce(out["main"][:n], b)
             l_self = F.cross_entropy(core.aux["rotation"](out["feat"][n:]).float(), k)
         else:
             out = model(b.x)
-            ce = F.cross_entropy(out["main"].float(), b.y)
+            ce = class_ce(out["main"], b)
             if self.p.self_sup == "none":
                 return ce, {"ce": ce.detach()}
             moco = core.aux["moco"]
@@ -152,7 +153,7 @@ class SSDDistill(Method):
                   lambda core, out, b: kd_loss(out[soft].float(), self.soft_labels(b.x), self.p.T), heads=(soft,))
         if self.p.mode == "single":
             return {"kd": kd}
-        return {"ce": Term(self.p.l1, lambda core, out, b: F.cross_entropy(out[hard].float(), b.y), heads=(hard,)), "kd": kd}
+        return {"ce": Term(self.p.l1, lambda core, out, b: class_ce(out[hard], b), heads=(hard,)), "kd": kd}
 
     def report(self, model):
         """SSD Fig. 5: per-class sum of the teacher's soft labels over the training set, next to the

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import ConfigError
+
 
 class Classifier(nn.Module):
     """``forward`` returns ``{"feat": v, <head name>: logits, ...}``: methods pick the heads they train."""
@@ -43,7 +45,12 @@ def build_classifier(cfg, num_classes: int, heads: dict[str, int] | None = None)
     from . import build_backbone, build_head
     from .heads import LinearNeck
 
-    backbone = build_backbone(cfg.backbone, **({"zero_init_residual": True} if cfg.zero_init_residual else {}))
+    from .experts import ExpertsHead, ExpertsResNet
+
+    make = lambda: build_backbone(cfg.backbone, **({"zero_init_residual": True} if cfg.zero_init_residual else {}))  # noqa: E731
+    backbone = ExpertsResNet(make, cfg.experts) if cfg.experts > 1 else make()
+    if cfg.experts > 1 and cfg.neck_dim > 0:
+        raise ConfigError("model.experts: each expert has its own head on its own feature; set model.neck_dim: 0")
     neck = LinearNeck(backbone.feature_dim, cfg.neck_dim, relu=cfg.neck_relu) if cfg.neck_dim > 0 else None
     dim = cfg.neck_dim if cfg.neck_dim > 0 else backbone.feature_dim
     heads = heads or {"main": num_classes}
@@ -52,7 +59,10 @@ def build_classifier(cfg, num_classes: int, heads: dict[str, int] | None = None)
         # Self-supervised heads (rotation) stay linear whatever the class head is.
         kind = cfg.head if width == num_classes else "linear"
         cosine = {"scale": cfg.cosine_scale, "learn_scale": cfg.cosine_learnable} if kind == "cosine" else {}
-        built[name] = build_head(kind, dim, width, **cosine)
+        if cfg.experts > 1 and width == num_classes:
+            built[name] = ExpertsHead(lambda d: build_head(kind, d, width, **cosine), cfg.experts, backbone.expert_dim)
+        else:
+            built[name] = build_head(kind, dim, width, **cosine)
     return Classifier(backbone, built, neck)
 
 
