@@ -377,3 +377,39 @@ def test_read_segments_splits_at_each_start_and_sums_from_the_lines_between(tmp_
     segs = read_segments(path)
     assert [(s["commit"], s["start_step"], s["end_step"], s["steps"], s["wall_seconds"]) for s in segs] == [
         ("aaa", 0, 20, 20, 30.0), ("bbb", 16, 40, 24, 60.5)]
+
+
+def test_code_hash_and_dirty_check_cover_new_files(tmp_path):
+    from longtail.engine.runtime import code_hash, git_commit
+
+    (tmp_path / "longtail").mkdir()
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "longtail" / "a.py").write_text("x = 1\n")
+    (tmp_path / "recipes" / "r.yaml").write_text("a: 1\n")
+    h0 = code_hash(tmp_path)
+    (tmp_path / "notes.txt").write_text("not code")
+    assert code_hash(tmp_path) == h0
+    (tmp_path / "longtail" / "a.py").write_text("x = 2\n")
+    h1 = code_hash(tmp_path)
+    assert h1 != h0
+    git = lambda *a: subprocess.run(["git", "-C", str(tmp_path), *a], capture_output=True, text=True, check=True)  # noqa: E731
+    git("init", "-q")
+    git("-c", "user.email=t@t", "-c", "user.name=t", "add", "-A")
+    git("-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "c")
+    head = git("rev-parse", "HEAD").stdout.strip()
+    assert git_commit(tmp_path) == head
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "out.json").write_text("{}")  # outputs do not mark the code dirty
+    assert git_commit(tmp_path) == head
+    (tmp_path / "longtail" / "new_module.py").write_text("y = 1\n")  # an uncommitted new module does
+    assert git_commit(tmp_path) == head + "-dirty"
+
+
+def test_run_level_provenance_names_every_segments_code(uninterrupted):
+    from longtail.engine.runtime import code_hash
+
+    _, res = uninterrupted
+    prov = res["provenance"]
+    assert prov["code_hash"] == code_hash() and len(prov["code_hash"]) == 16
+    assert prov["trained_by"] == [{"commit": prov["commit"], "code_hash": prov["code_hash"]}]
+    assert res["stages"]["ce"]["segments"][0]["code"] == prov["code_hash"]

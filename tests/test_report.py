@@ -139,3 +139,26 @@ def test_folder_without_results_is_a_one_line_error(tmp_path, capsys):
     assert main(["report", str(tmp_path), "--out", str(tmp_path / "report")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("longtail: error:") and "results.json" in err[0]
+
+
+def test_every_commit_a_committed_record_names_exists_or_is_marked():
+    """A record's commit must be in the history, or listed (with what is known) in results/full/amended_commits.json."""
+    import re
+    import subprocess
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    if subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True).returncode != 0:
+        pytest.skip("not a git checkout")
+    shallow = subprocess.run(["git", "-C", str(repo), "rev-parse", "--is-shallow-repository"], capture_output=True, text=True).stdout.strip()
+    if shallow == "true":
+        pytest.skip("a shallow clone holds no history to check against")
+    named = set()
+    for p in (repo / "results").rglob("*"):
+        if p.suffix in (".json", ".jsonl") and p.is_file():
+            named |= set(re.findall(r'"commit": "([0-9a-f]{40})', p.read_text(errors="replace")))
+    marked = set(json.loads((repo / "results" / "full" / "amended_commits.json").read_text())["commits"])
+    missing = [c for c in sorted(named - marked)
+               if subprocess.run(["git", "-C", str(repo), "cat-file", "-e", f"{c}^{{commit}}"], capture_output=True).returncode != 0]
+    assert missing == []
+    assert "07814ed729fadf60cd6eda217934da83f4a83ce4" in marked

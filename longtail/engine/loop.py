@@ -50,6 +50,7 @@ class StageContext:
     artifacts: dict[str, Path] = field(default_factory=dict)  # stage name -> final checkpoint
     out_dir: Path | None = None  # this stage's folder, for figures
     commit: str | None = None  # the code this segment runs, for the stage's segment log
+    code: str | None = None  # its content hash (runtime.code_hash), which outlives an amended commit
 
     @property
     def num_classes(self) -> int:
@@ -221,7 +222,7 @@ def build_stage_model(method: Method, ctx: StageContext, seed: int) -> nn.Module
 
 def log_segment(logger: MetricLogger, ctx: StageContext, gstep: int) -> None:
     """Mark a start or resume in metrics.jsonl, so each segment's code, host and time stay on record."""
-    logger.log(gstep, {"event": "segment", "commit": ctx.commit, "host": platform.node()})
+    logger.log(gstep, {"event": "segment", "commit": ctx.commit, "code": ctx.code, "host": platform.node()})
 
 
 def train_step(method: Method, model: nn.Module, batch: dict[str, Batch], g: torch.Generator,

@@ -30,14 +30,15 @@ from ..data.images import DataBundle
 from ..errors import ConfigError
 from .checkpoint import load_checkpoint, remove_stale_temps, write_text_atomic
 from .loop import StageContext, init_seed, train_stage
-from .runtime import Runtime, git_commit, setup_runtime
+from .runtime import Runtime, code_hash, git_commit, setup_runtime
 
 
-def provenance(recipe: Recipe, rt: Runtime, wall: float, data_source: dict, commit: str | None) -> dict:
+def provenance(recipe: Recipe, rt: Runtime, wall: float, data_source: dict, commit: str | None, code: str | None = None) -> dict:
     return {
         "recipe": recipe.name,
         "config_hash": recipe.hash(),
         "commit": commit,  # taken when this segment (the last start or --resume) began
+        "code_hash": code,  # the same segment's code by content (runtime.code_hash)
         "longtail": __version__,
         "seed": recipe.runtime.seed,
         "init_seeds": {s.name: init_seed(recipe.runtime.seed, s) for s in recipe.stages if s.init == "fresh"},
@@ -83,7 +84,7 @@ def run_recipe(recipe: Recipe, out: str | Path, data_root: str | None = None, re
     """
     out = Path(out)
     t0 = time.perf_counter()
-    commit = git_commit()
+    commit, code = git_commit(), code_hash()
     rt = runtime or setup_runtime(recipe.runtime)
     resolved = out / "recipe.yaml"
     if out.exists() and not out.is_dir():
@@ -125,7 +126,7 @@ def run_recipe(recipe: Recipe, out: str | Path, data_root: str | None = None, re
         stage_dir = out / stage.name
         final = stage_dir / "final.pt"
         # Every rank runs every stage (each scores a share of every evaluation); rank 0 alone draws figures.
-        ctx = StageContext(recipe, stage, data, rt, dict(artifacts), stage_dir if rt.is_main else None, commit)
+        ctx = StageContext(recipe, stage, data, rt, dict(artifacts), stage_dir if rt.is_main else None, commit, code)
         if final.exists():  # finished before a crash or an earlier run
             stages[stage.name] = load_checkpoint(final)["metrics"]
         else:
@@ -136,11 +137,14 @@ def run_recipe(recipe: Recipe, out: str | Path, data_root: str | None = None, re
     results = {
         "final": {**stages[last], "stage": last},
         "stages": stages,
-        "provenance": provenance(recipe, rt, time.perf_counter() - t0, data.source, commit),
+        "provenance": provenance(recipe, rt, time.perf_counter() - t0, data.source, commit, code),
     }
     # Over every segment of every stage, so a run resumed ten times reports its whole cost.
     results["provenance"]["wall_seconds_total"] = round(sum(m.get("wall_seconds_total") or 0 for m in stages.values()), 2)
     results["provenance"]["segments"] = sum(len(m.get("segments") or []) for m in stages.values())
+    # Which code trained the run, over every segment of every stage: the last segment's commit alone can mislead.
+    pairs = {(s.get("commit"), s.get("code")) for m in stages.values() for s in m.get("segments") or []}
+    results["provenance"]["trained_by"] = [{"commit": c, "code_hash": h} for c, h in sorted(pairs, key=str)]
     if rt.is_main:
         write_text_atomic(out / "results.json", json.dumps(results, indent=1))
     return results

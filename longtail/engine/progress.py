@@ -52,7 +52,7 @@ def read_segments(path: Path) -> list[dict]:
         except json.JSONDecodeError:  # a line cut by a kill mid-write
             continue
         if rec.get("event") == "segment":
-            segments.append({"commit": rec.get("commit"), "host": rec.get("host"), "start": rec["time"], "end": rec["time"],
+            segments.append({"commit": rec.get("commit"), "code": rec.get("code"), "host": rec.get("host"), "start": rec["time"], "end": rec["time"],
                              "start_step": rec["step"], "end_step": rec["step"]})
         elif segments:
             segments[-1]["end"] = rec["time"]

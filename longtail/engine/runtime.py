@@ -133,15 +133,34 @@ def step_generator(device: torch.device, *parts) -> torch.Generator:
     return g
 
 
-def git_commit() -> str | None:
+CODE_DIRS = ("longtail", "recipes")  # what a run's code hash covers, and where an untracked file marks it dirty
+
+
+def git_commit(root: Path | None = None) -> str | None:
+    """HEAD of the checkout the code runs from, ``-dirty`` when its code differs from that commit."""
     try:
-        root = Path(__file__).resolve().parents[2]
+        root = root or Path(__file__).resolve().parents[2]
         out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
         if out.returncode != 0:
             return None
-        # results/ holds outputs (full runs commit their checkpoints as they go): not the code that ran
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--", ".",
-                                ":(exclude)results"], capture_output=True, text=True, timeout=5).stdout.strip()
-        return out.stdout.strip() + ("-dirty" if dirty else "")
+        # results/ holds outputs (full runs commit their checkpoints as they go): not the code that ran.
+        # A new, uncommitted module runs too: untracked files under the code folders count.
+        changed = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                  ":(exclude)results"], capture_output=True, text=True, timeout=5).stdout.strip()
+        new = subprocess.run(["git", "-C", str(root), "ls-files", "--others", "--exclude-standard", "--", *CODE_DIRS],
+                             capture_output=True, text=True, timeout=5).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if changed or new else "")
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def code_hash(root: Path | None = None) -> str:
+    """A content hash of the code that runs (every .py and .yaml under longtail/ and recipes/, by path and
+    bytes): it names the code even where its commit was amended away, or where there is no git at all."""
+    root = root or Path(__file__).resolve().parents[2]
+    h = hashlib.sha256()
+    for d in CODE_DIRS:
+        for p in sorted((root / d).rglob("*")):
+            if p.suffix in (".py", ".yaml") and "__pycache__" not in p.parts:
+                h.update(p.relative_to(root).as_posix().encode() + b"\0" + p.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
