@@ -3,10 +3,16 @@
 # so a stop loses at most that much training. Only results/full is committed; other work is left alone.
 # A submission's size is capped (packed and as diffs): while HEAD is still the last state commit it is
 # amended rather than followed by another, so a checkpoint rewritten every interval is submitted once.
+# Finished runs leave the tree afterwards with `python scripts/checkpoints.py slim` (a commit of its own).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 interval=${1:-1200}
-landed=${LANDED:-$(git rev-parse HEAD)}
+# What has landed: LANDED, else the commit this checkout had when a loop first ran in it (kept in .git, so a
+# restarted loop still amends its own unlanded state commit; a fresh clone starts over from its HEAD).
+mark=$(git rev-parse --git-dir)/longtail-landed
+if [ -n "${LANDED:-}" ]; then landed=$LANDED
+elif [ -s "$mark" ] && git merge-base --is-ancestor "$(cat "$mark")" HEAD 2>/dev/null; then landed=$(cat "$mark")
+else landed=$(git rev-parse HEAD); echo "$landed" > "$mark"; fi
 msg="Full runs: resumable state"
 while true; do
   sleep "$interval"

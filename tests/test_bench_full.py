@@ -79,3 +79,21 @@ def test_other_imbalance_lists_the_runs_that_exist_and_reads_the_smaller_lws_rec
     assert rows["**SSD** (IV: LWS on the hard head)"]["gap"] == round(50.1 - 50.5, 2)
     assert (tmp_path / "full-cifar100-lt-if50-s0-cpu.json").is_file()
     assert "CIFAR-100-LT, IF = 50, seed 0" in render(doc) and "[lws/lws](" in render(doc)
+
+
+def test_a_slimmed_run_reads_its_record_instead_of_its_weights(tmp_path):
+    """scripts/checkpoints.py took the weights out of the tree: the row comes from results.json, unchanged."""
+    readme = _fixture(tmp_path)
+    run = tmp_path / "full" / "cifar100-lt-if100" / "decoupling-s0"
+    before = {(r["recipe"], r["stage"]): r for r in full_table(tmp_path / "full", results=tmp_path, readme=readme)["rows"]}
+    from longtail.engine.checkpoint import load_checkpoint
+
+    metrics = load_checkpoint(run / "lws" / "final.pt")["metrics"]
+    (run / "results.json").write_text(json.dumps({"stages": {"lws": metrics}}))
+    (run / "checkpoints.json").write_text(json.dumps({"lws/final.pt": {"commit": "c" * 40, "bytes": 1, "sha256": "0" * 64}}))
+    (run / "lws" / "final.pt").unlink()
+    after = {(r["recipe"], r["stage"]): r for r in full_table(tmp_path / "full", results=tmp_path, readme=readme)["rows"]}
+    assert after[("decoupling", "lws")] == before[("decoupling", "lws")] and after[("decoupling", "lws")]["top1"] == 41.65
+    (run / "checkpoints.json").unlink()  # weights gone with no manifest: not a finished row
+    gone = {(r["recipe"], r["stage"]): r for r in full_table(tmp_path / "full", results=tmp_path, readme=readme)["rows"]}
+    assert gone[("decoupling", "lws")]["status"] == "not started"

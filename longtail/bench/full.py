@@ -93,11 +93,15 @@ def read_row(row: FullRow, run: Path, paper: dict, imbalance: float) -> dict:
     out = {"label": row.label, "recipe": run.name.rsplit("-s", 1)[0], "stage": row.stage, "run": str(run),
            "paper": paper.get(row.paper_key, {}).get(imbalance) if row.paper_key else None}
     final = stage_dir / "final.pt"
+    m = None
     if final.is_file():
         try:
             m = load_checkpoint(final)["metrics"]
         except (LongtailError, KeyError) as e:
             return {**out, "status": f"unreadable final.pt ({e})"}
+    elif f"{row.stage}/final.pt" in _slimmed(run):  # weights in the history only (scripts/checkpoints.py): the run's record
+        m = json.loads((run / "results.json").read_text())["stages"].get(row.stage)
+    if m is not None:
         commits = [s.get("commit") for s in m.get("segments", [])]
         out.update({"status": "done", **{k: m.get(k) for k in GROUPS}, "epochs": m.get("epochs"),
                     "wall_seconds": m.get("wall_seconds_total") or m.get("train_seconds"),
@@ -112,6 +116,12 @@ def read_row(row: FullRow, run: Path, paper: dict, imbalance: float) -> dict:
         return {**out, "status": "not started"}
     return {**out, "status": "running", "epoch": epoch, "epochs": next((s.get("epochs") for s in _recipe_stages(run) if s["name"] == row.stage), None),
             "resumable": (stage_dir / "checkpoint.pt").is_file()}
+
+
+def _slimmed(run: Path) -> dict:
+    """The run's weights that scripts/checkpoints.py took out of the tree (path in the run -> commit, hash)."""
+    p = run / "checkpoints.json"
+    return json.loads(p.read_text()) if p.is_file() else {}
 
 
 def mark_upstream_dirty(rows: list[dict]) -> None:
