@@ -108,10 +108,12 @@ def test_experts_share_the_stem_average_their_logits_and_count_parameters():
     assert torch.allclose(each[1], head.members[1](f1), atol=1e-5)
 
 
-def tiny(method="ce", mix=None, epochs=3, model=None, params=None):
+CROP_FLIP = [{"op": "random_crop", "size": 16, "padding": 2}, {"op": "random_hflip"}, {"op": "normalize"}]
+
+
+def tiny(method="ce", mix=None, epochs=3, model=None, params=None, augment=CROP_FLIP):
     stage = {"name": "ce", "method": method, "epochs": epochs, "batch_size": 32, "optim": {"lr": 0.1, "weight_decay": 5e-4},
-             "schedule": {"kind": "cosine", "warmup_epochs": 1},
-             "augment": [{"op": "random_crop", "size": 16, "padding": 2}, {"op": "random_hflip"}, {"op": "normalize"}]}
+             "schedule": {"kind": "cosine", "warmup_epochs": 1}, "augment": augment}
     if mix:
         stage["mix"] = mix
     if params:
@@ -136,22 +138,27 @@ class CrashingCE(CrossEntropy):
         return super().loss(model, batch, g)
 
 
-def test_resume_with_mixing_on_is_exact_and_mixing_learns(data, tmp_path):
+POLICY = [{"op": "random_crop", "size": 16, "padding": 2}, {"op": "random_hflip"}, {"op": "autoaugment_cifar"},
+          {"op": "cutout", "size": 4}, {"op": "normalize"}]
+
+
+@pytest.mark.parametrize("augment", [CROP_FLIP, POLICY], ids=["crop_flip", "autoaugment_cutout"])
+def test_resume_with_mixing_on_is_exact_and_mixing_learns(data, tmp_path, augment):
     METHODS["ce_crash_mix"] = CrashingCE
     mix = {"kind": "mixup_cutmix", "alpha": 0.4, "switch_prob": 0.5}
-    full = run_recipe(tiny("ce_crash_mix", mix), tmp_path / "full", data=data)
+    full = run_recipe(tiny("ce_crash_mix", mix, augment=augment), tmp_path / "full", data=data)
     assert full["final"]["top1"] > 100 / 6 + 17  # 6 balanced classes: chance is 16.7 %
     steps_per_epoch = -(-len(data.train) // 32)
     CrashingCE.calls, CrashingCE.crash_at = 0, steps_per_epoch + 6
     with pytest.raises(Crash):
-        run_recipe(tiny("ce_crash_mix", mix), tmp_path / "cut", data=data)
+        run_recipe(tiny("ce_crash_mix", mix, augment=augment), tmp_path / "cut", data=data)
     CrashingCE.crash_at = None
-    res = run_recipe(tiny("ce_crash_mix", mix), tmp_path / "cut", data=data, resume=True)
+    res = run_recipe(tiny("ce_crash_mix", mix, augment=augment), tmp_path / "cut", data=data, resume=True)
     a = load_checkpoint(tmp_path / "full" / "ce" / "final.pt")["model"]
     b = load_checkpoint(tmp_path / "cut" / "ce" / "final.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert res["final"]["per_class"] == full["final"]["per_class"]
-    plain = load_checkpoint(run_recipe(tiny("ce"), tmp_path / "plain", data=data) and tmp_path / "plain" / "ce" / "final.pt")["model"]
+    plain = load_checkpoint(run_recipe(tiny("ce", augment=augment), tmp_path / "plain", data=data) and tmp_path / "plain" / "ce" / "final.pt")["model"]
     assert not all(torch.equal(a[k], plain[k]) for k in a)  # mixing changed training
 
 
@@ -198,3 +205,9 @@ def test_drw_weights_switch_on_at_drw_epoch(data):
     assert early.item() == pytest.approx(class_ce(out["main"], b, margin=margin).item(), rel=1e-5)
     assert late.item() == pytest.approx(class_ce(out["main"], b, weight=drw_weights(data.train_counts, 0.99), margin=margin).item(), rel=1e-5)
     assert early.item() != pytest.approx(late.item(), rel=1e-3)
+
+
+def test_a_derived_stage_that_changes_method_drops_the_old_methods_params():
+    r = load_recipe("cifar100-lt/strong_experts")
+    assert r.stages[0].method == "experts_la" and r.stages[0].params == {"taus": [0.0, 1.0, 2.0]}
+    assert load_recipe("cifar100-lt/strong").stages[0].params == {"tau": 1.0}  # same method: params merge as before

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ..config import load_recipe, stage_refs
+from ..data.augment.mix import Mixer
 from ..data.images import DataBundle
 from ..engine.checkpoint import save_atomic
 from ..engine.loop import Feeder, StageContext, build_stage_model, train_step
@@ -38,6 +39,10 @@ METHOD_STAGES = {  # result key -> (recipe, stage)
     "cbd_k1": ("cifar100-lt/cbd", "cbd"),
     "cbd_k4": ("cifar100-lt/cbd_ens4", "cbd_ens4"),
     "balance_aux": ("cifar100-lt/balance_aux", "main"),
+    "ldam_drw": ("cifar100-lt/ldam_drw", "ce"),
+    "strong_mixup": ("cifar100-lt/strong_mixup", "ce"),
+    "strong": ("cifar100-lt/strong", "ce"),
+    "strong_experts3": ("cifar100-lt/strong_experts", "ce"),
 }
 
 
@@ -97,7 +102,7 @@ def random_artifacts(ctx: StageContext, where: Path) -> dict[str, Path]:
 def feed_batches(method: Method, pool: int) -> Batches:
     """``pool`` augmented batches per feed at random indices, made by the engine's Feeder, then cycled."""
     ctx = method.ctx
-    feeder = Feeder(ctx.data.train, ctx.augment(ctx.stage.augment), ctx.runtime, 0, ctx.stage.name, 0)
+    feeder = Feeder(ctx.data.train, ctx.augment(ctx.stage.augment), ctx.runtime, 0, ctx.stage.name, 0, mixer=Mixer(ctx.stage.mix))
     rng = np.random.default_rng(0)
     g = torch.Generator(device=ctx.runtime.device).manual_seed(0)
     n = len(ctx.data.train)

@@ -49,7 +49,11 @@ def _merge_stages(base: list, over: list) -> list:
     out = []
     for s in over:
         name = s.get("name", "main") if isinstance(s, dict) else None
-        out.append(_merge(by_name[name], s) if name in by_name else s)
+        base_stage = by_name.get(name)
+        if base_stage is not None and "method" in s and s["method"] != base_stage.get("method"):
+            # params belong to a method: a stage that changes method starts from none of the old one's
+            base_stage = {k: v for k, v in base_stage.items() if k != "params"}
+        out.append(_merge(base_stage, s) if base_stage is not None else s)
     return out
 
 

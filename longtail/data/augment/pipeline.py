@@ -18,7 +18,7 @@ import torch
 from longtail.config import _coerce
 from longtail.errors import ConfigError
 
-from . import color, geometry, perimage
+from . import color, geometry, perimage, policy
 
 
 def _p(default=dataclasses.MISSING, check: Callable[[Any], bool] | None = None, needs: str = ""):
@@ -101,6 +101,29 @@ class GaussianBlur:
             self.sigma = (self.sigma, self.sigma)
 
 
+_fill = dict(check=lambda v: 0.0 <= v <= 1.0, needs="must be a grey level in [0, 1]")
+
+
+@dataclass
+class AutoAugmentCifar:
+    fill: float = _p(128 / 255, **_fill)  # the reference policy's grey 128 for uncovered pixels
+
+
+@dataclass
+class RandAugment:
+    n: int = _p(2, **_positive)
+    m: float = _p(10.0, lambda v: 0.0 <= v <= policy.MAX_LEVEL, "must be a magnitude in [0, 10]")
+    mstd: float = _p(0.5, lambda v: 0.0 <= v < math.inf, "must be a non-negative number")
+    p: float = _p(0.5, **_prob)
+    fill: float = _p(128 / 255, **_fill)
+
+
+@dataclass
+class Cutout:
+    holes: int = _p(1, **_positive)
+    size: int = _p(16, **_positive)
+
+
 @dataclass
 class Normalize:
     mean: tuple[float, ...] = _p(needs="a list of numbers, one per channel")
@@ -127,6 +150,9 @@ OP_TABLE: dict[str, Op] = {
     "random_grayscale": Op(color.random_grayscale, RandomGrayscale, True),
     "gaussian_noise": Op(color.gaussian_noise, GaussianNoise, True),
     "gaussian_blur": Op(color.gaussian_blur, GaussianBlur, True),
+    "autoaugment_cifar": Op(policy.autoaugment_cifar, AutoAugmentCifar, True),
+    "randaugment": Op(policy.randaugment, RandAugment, True),
+    "cutout": Op(policy.cutout, Cutout, True),
     "normalize": Op(color.normalize, Normalize, False),
 }
 OPS: dict[str, Callable[..., torch.Tensor]] = {name: op.fn for name, op in OP_TABLE.items()}
@@ -148,6 +174,24 @@ PRESETS: dict[str, list[dict[str, Any]]] = {
         {"op": "random_grayscale", "p": 0.2},
         {"op": "normalize"},
         {"op": "gaussian_noise", "sigma": 0.01},
+    ],
+    # ProCo, PaCo and NCL's CIFAR view (STRONG.md section 2): crop, flip, the CIFAR-10 AutoAugment
+    # policy, Cutout of one 16-pixel hole on the [0, 1] image, then Normalize. The cutout step leaves
+    # its size at the default 16: a "size" key here would be taken for the crop by preset(size=...).
+    "cifar_autoaugment": [
+        {"op": "random_crop", "size": 32, "padding": 4},
+        {"op": "random_hflip"},
+        {"op": "autoaugment_cifar"},
+        {"op": "cutout", "holes": 1},
+        {"op": "normalize"},
+    ],
+    # timm's 'rand-n2-m10-mstd0.5' (STRONG.md section 3), the RandAugment of the ImageNet-LT, iNat and
+    # Places recipes, after the CIFAR crop and flip; no CIFAR-LT code was found to use it.
+    "cifar_randaugment": [
+        {"op": "random_crop", "size": 32, "padding": 4},
+        {"op": "random_hflip"},
+        {"op": "randaugment", "n": 2, "m": 10.0, "mstd": 0.5},
+        {"op": "normalize"},
     ],
     "imagenet": [  # the standard ResNet transform (CBD, cRT/LWS on iNat): RandomResizedCrop(224), flip
         {"op": "random_resized_crop", "size": 224},
