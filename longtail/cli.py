@@ -299,7 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
     br.add_argument("--runs", default="runs/bench", help="where the runs live (existing ones with the same config are reused)")
     br.add_argument("--results", default="results", help="where <table>[-<tag>].json and .md are written")
     br.add_argument("--tag", help="suffix of the results file name (default: cpu or gpu, from the device)")
-    br.add_argument("--readme", default="README.md", help="a file whose <!-- bench:TABLE-TAG --> block gets the table")
+    br.add_argument("--page", "--readme", dest="readme", default="docs/results.md", metavar="FILE",
+                    help="the results page whose <!-- bench:TABLE-TAG --> block gets the table (default docs/results.md; "
+                         "--readme is the old name)")
     br.add_argument("--render-only", action="store_true", help="re-render the markdown from the results file; train nothing")
     br.set_defaults(func=cmd_bench_reproduce)
     bf = bsub.add_parser("full", help="the full-schedule table from the committed run folders (trains nothing)")
@@ -309,7 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
     bf.add_argument("--seed", type=int, default=0)
     bf.add_argument("--device", default="cpu", help="the device tag the runs were made on (file name and caption)")
     bf.add_argument("--results", default="results", help="folder for full-<table>-if<IF>-s<seed>-<device>.json")
-    bf.add_argument("--readme", default="README.md", help="a file whose <!-- bench:full-... --> block gets the table")
+    bf.add_argument("--page", "--readme", dest="readme", default="docs/results.md", metavar="FILE",
+                    help="the results page whose <!-- bench:full-... --> block gets the table (default docs/results.md; "
+                         "--readme is the old name)")
     bf.set_defaults(func=cmd_bench_full)
     bt = bsub.add_parser("throughput", help="training images/s: model alone, the longtail loop, a classic PIL pipeline, per method")
     bt.add_argument("--data-root")

@@ -1,4 +1,4 @@
-"""`longtail bench full`: rows read from run folders (finished, running, missing), gaps, flags and the README block."""
+"""`longtail bench full`: rows read from run folders (finished, running, missing), gaps, flags and the results-page block."""
 import json
 
 import yaml
@@ -97,3 +97,42 @@ def test_a_slimmed_run_reads_its_record_instead_of_its_weights(tmp_path):
     (run / "checkpoints.json").unlink()  # weights gone with no manifest: not a finished row
     gone = {(r["recipe"], r["stage"]): r for r in full_table(tmp_path / "full", results=tmp_path, readme=readme)["rows"]}
     assert gone[("decoupling", "lws")]["status"] == "not started"
+
+
+def test_defaults_write_the_block_into_docs_results_md_not_the_readme(tmp_path, monkeypatch):
+    """With every default (root results/full, results/, page docs/results.md, from the checkout's root), the
+    table lands in docs/results.md, its run links relative to docs/; README.md is left alone."""
+    (tmp_path / "results").mkdir()
+    _fixture(tmp_path / "results")  # runs under results/full/, as a checkout has them
+    marker = "<!-- bench:full-cifar100-lt-if100-s0-cpu -->\nstale\n<!-- /bench:full-cifar100-lt-if100-s0-cpu -->\n"
+    (tmp_path / "README.md").write_text("# readme\n" + marker)
+    (tmp_path / "docs").mkdir()
+    page = tmp_path / "docs" / "results.md"
+    page.write_text("# Results\n" + marker + "end\n")
+    monkeypatch.chdir(tmp_path)
+    doc = full_table()
+    assert (tmp_path / "results" / "full-cifar100-lt-if100-s0-cpu.json").is_file()
+    text = page.read_text()
+    assert "stale" not in text and text.startswith("# Results\n") and text.endswith("end\n")
+    assert "| LWS | 41.65 |" in text
+    assert "[decoupling/lws](../results/full/cifar100-lt-if100/decoupling-s0/lws)" in text
+    assert (tmp_path / "README.md").read_text() == "# readme\n" + marker
+    # the same table on stdout (no page) links from the checkout's root
+    assert "[decoupling/lws](results/full/cifar100-lt-if100/decoupling-s0/lws)" in render(doc)
+
+
+def test_cli_default_page_is_docs_results_md_and_readme_is_an_alias(tmp_path, monkeypatch, capsys):
+    from longtail.cli import build_parser
+
+    args = build_parser().parse_args(["bench", "full"])
+    assert args.readme == "docs/results.md"
+    readme = _fixture(tmp_path)
+    other = tmp_path / "page.md"
+    other.write_text(readme.read_text())
+    for flag, target in (("--page", other), ("--readme", readme)):
+        assert main(["bench", "full", "--root", str(tmp_path / "full"), "--results", str(tmp_path), flag, str(target)]) == 0
+        assert "| LWS | 41.65 |" in target.read_text() and "stale table" not in target.read_text()
+    capsys.readouterr()
+    monkeypatch.chdir(tmp_path)  # no docs/results.md here: the run still prints its table and writes its JSON
+    assert main(["bench", "full", "--root", str(tmp_path / "full"), "--results", str(tmp_path)]) == 0
+    assert "| LWS | 41.65 |" in capsys.readouterr().out and not (tmp_path / "docs").exists()

@@ -107,3 +107,22 @@ def test_grid_writes_results_and_reuses_finished_cells(tmp_path, capsys):
         reproduce(_args(tmp_path, epochs_scale=0.01), synthetic)
     with pytest.raises(ConfigError, match="unknown"):
         reproduce(_args(tmp_path, methods=["XYZ"]), synthetic)
+
+
+def test_default_page_is_docs_results_md(tmp_path, monkeypatch):
+    """`bench reproduce` with no --page rewrites its block in docs/results.md (from the checkout's root), not README.md."""
+    from longtail.cli import build_parser, main
+
+    assert build_parser().parse_args(["bench", "reproduce", "--table", "cifar100-lt"]).readme == "docs/results.md"
+    marker = "<!-- bench:cifar100-lt-t -->\n<!-- /bench:cifar100-lt-t -->\n"
+    (tmp_path / "README.md").write_text("# readme\n" + marker)
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "results.md").write_text("# Results\n" + marker)
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "cifar100-lt-t.json").write_text(json.dumps(
+        {"epochs_scale": 1.0, "entries": [entry("CE", 0, 30.0, 60.0, 25.0, 2.0)]}))
+    monkeypatch.chdir(tmp_path)
+    assert main(["bench", "reproduce", "--table", "cifar100-lt", "--tag", "t", "--render-only"]) == 0
+    page = (tmp_path / "docs" / "results.md").read_text()
+    assert "| CE | 30.00 | 60.00 | 25.00 | 2.00 | 39.1 | 0 |" in page and page.endswith("<!-- /bench:cifar100-lt-t -->\n")
+    assert (tmp_path / "README.md").read_text() == "# readme\n" + marker

@@ -4,17 +4,20 @@ Nothing is trained here. Each row is one stage of one run folder
 ``<root>/<table>-if<IF>/<recipe>-s<seed>/<stage>/``: a finished stage's numbers come from its ``final.pt``
 (loaded weights-only), a running one shows the epoch its ``metrics.jsonl`` reached, a missing one says so.
 A row whose segments include a ``-dirty`` commit is flagged: its code is not exactly a committed tree.
+The table goes into its ``<!-- bench:full-... -->`` block on the results page (default ``docs/results.md``),
+with each row's run link relative to that page.
 """
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..engine.checkpoint import load_checkpoint, write_text_atomic
 from ..errors import LongtailError
-from .reproduce import PAPER
+from .reproduce import PAPER, RESULTS_PAGE
 from .tables import _short, replace_block
 
 GROUPS = ("top1", "many", "medium", "few")
@@ -144,14 +147,22 @@ def _wall(s: float | None) -> str:
     return f"{s / 3600:.1f} h" if s >= 5400 else f"{s / 60:.0f} min" if s >= 90 else f"{s:.0f} s"
 
 
-def render(doc: dict) -> str:
+def _link_target(run: str, page: str | Path | None) -> str:
+    """``run`` as the page links it: relative to the page's folder (``../results/...`` from ``docs/``), as is without a page."""
+    if page is None:
+        return Path(run).as_posix()
+    return Path(os.path.relpath(Path(run).absolute(), Path(page).absolute().parent)).as_posix()
+
+
+def render(doc: dict, page: str | Path | None = None) -> str:
+    """The markdown table; with ``page``, its run links are relative to that file's folder."""
     lines = [f"CIFAR-100-LT, IF = {doc['imbalance']:g}, seed {doc['seed']}, device {doc['device']}; "
              f"top-1 % on the balanced test set (many / medium / few: > 100, 20–100, < 20 training images). "
              f"Wall time is the stage's own, summed over its segments.", "",
              "| method | top-1 | many | medium | few | paper | gap | wall | img/s | run |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in doc["rows"]:
-        link = f"[{r['recipe']}/{r['stage']}]({r['run']}/{r['stage']})"
+        link = f"[{r['recipe']}/{r['stage']}]({_link_target(r['run'], page)}/{r['stage']})"
         paper = _fmt(r["paper"], 1) if r["paper"] is not None else "–"
         if r["status"] == "done":
             flag = " (dirty)" if r["dirty"] else " (on dirty)" if r.get("upstream_dirty") else ""
@@ -170,8 +181,9 @@ def render(doc: dict) -> str:
 
 
 def full_table(root: str | Path = "results/full", table: str = "cifar100-lt", imbalance: float = 100, seed: int = 0,
-               device: str = "cpu", results: str | Path = "results", readme: str | Path | None = "README.md") -> dict:
-    """Read every row's run folder, write ``<results>/full-<table>-if<IF>-s<seed>-<device>.json`` and the README block."""
+               device: str = "cpu", results: str | Path = "results", readme: str | Path | None = RESULTS_PAGE) -> dict:
+    """Read every row's run folder, write ``<results>/full-<table>-if<IF>-s<seed>-<device>.json`` and the block
+    ``<!-- bench:full-... -->`` of the results page ``readme`` (default ``docs/results.md``; None: no page)."""
     from .reproduce import PAPER_SOURCE
 
     root = Path(root)
@@ -186,7 +198,7 @@ def full_table(root: str | Path = "results/full", table: str = "cifar100-lt", im
     mark_upstream_dirty(rows)
     doc = {"table": table, "imbalance": imbalance, "seed": seed, "device": device, "paper_source": PAPER_SOURCE,
            "results_file": str(out_json), "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "rows": rows}
-    md = render(doc)
+    md = render(doc, page=readme or None)
     write_text_atomic(out_json, json.dumps(doc, indent=1) + "\n")
     if readme and Path(readme).is_file():
         text = Path(readme).read_text()

@@ -1,4 +1,4 @@
-"""``longtail bench reproduce``: the grid of methods x imbalance factors x seeds behind a README table.
+"""``longtail bench reproduce``: the grid of methods x imbalance factors x seeds behind a results-page table.
 
 A table row is one stage of one recipe, so a single run serves several rows: the ``decoupling``
 recipe gives CE, cRT, LWS and tau-norm on the same CE weights, the ``cbd`` recipe gives CBD and
@@ -22,6 +22,7 @@ from ..engine.checkpoint import write_text_atomic
 from ..errors import ConfigError, LongtailError
 from .tables import render_markdown, replace_block, summarise
 
+RESULTS_PAGE = "docs/results.md"  # the page whose <!-- bench:KEY --> blocks `bench reproduce` and `bench full` rewrite
 SHORT_STAGE = 10  # stages of at most this many epochs (the re-balancers) keep their length under --epochs-scale
 
 
@@ -137,7 +138,7 @@ def reproduce(args, extra_overrides: list[str] = ()) -> dict:
         write_text_atomic(out_json, json.dumps(doc, indent=1) + "\n")
         md = render_markdown(doc)
         write_text_atomic(out_json.with_suffix(".md"), md)
-        readme = Path(getattr(args, "readme", None) or "README.md")
+        readme = Path(getattr(args, "readme", None) or RESULTS_PAGE)
         if readme.is_file():
             text = readme.read_text()
             new = replace_block(text, f"bench:{table}-{tag}", md)
