@@ -8,7 +8,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from .errors import LongtailError
+from .errors import ConfigError, LongtailError
 
 
 def _table(metrics: dict, title: str = "") -> str:
@@ -208,6 +208,15 @@ def cmd_bench_reproduce(args) -> int:
 def cmd_bench_full(args) -> int:
     from .bench.full import full_table, render
 
+    if args.seeds:
+        from .bench.seeds import render_seeds, seeds_table
+
+        try:
+            seeds = tuple(int(s) for s in args.seeds.split(","))
+        except ValueError:
+            raise ConfigError(f"--seeds: expected comma-separated integers like 0,1,2, got {args.seeds!r}") from None
+        print(render_seeds(seeds_table(args.root, args.table, args.imbalance, seeds, args.device, args.results, args.readme)), end="")
+        return 0
     doc = full_table(args.root, args.table, args.imbalance, args.seed, args.device, args.results, args.readme)
     print(render(doc), end="")
     return 0
@@ -309,6 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     bf.add_argument("--table", default="cifar100-lt", choices=["cifar100-lt", "cifar10-lt"])
     bf.add_argument("--imbalance", type=float, default=100.0)
     bf.add_argument("--seed", type=int, default=0)
+    bf.add_argument("--seeds", default=None, help="e.g. 0,1,2: one table of mean ± std over these seeds (full-<table>-if<IF>-seeds-<device>.json)")
     bf.add_argument("--device", default="cpu", help="the device tag the runs were made on (file name and caption)")
     bf.add_argument("--results", default="results", help="folder for full-<table>-if<IF>-s<seed>-<device>.json")
     bf.add_argument("--page", "--readme", dest="readme", default="docs/results.md", metavar="FILE",

@@ -136,3 +136,30 @@ def test_cli_default_page_is_docs_results_md_and_readme_is_an_alias(tmp_path, mo
     monkeypatch.chdir(tmp_path)  # no docs/results.md here: the run still prints its table and writes its JSON
     assert main(["bench", "full", "--root", str(tmp_path / "full"), "--results", str(tmp_path)]) == 0
     assert "| LWS | 41.65 |" in capsys.readouterr().out and not (tmp_path / "docs").exists()
+
+
+def test_seeds_table_gives_mean_and_sample_std_by_hand(tmp_path):
+    from longtail.bench.seeds import render_seeds, seeds_table
+
+    run = tmp_path / "full" / "cifar100-lt-if100"
+    for seed, top1 in ((0, 44.62), (1, 45.10), (2, 43.90)):
+        _finished(run / f"ssd-s{seed}" / "stage4", top1, ["a" * 40])
+    _finished(run / "decoupling-s0" / "lws", 42.46, ["c" * 40])
+    (run / "decoupling-s1" / "lws").mkdir(parents=True)
+    (run / "decoupling-s1" / "lws" / "metrics.jsonl").write_text('{"step": 85, "epoch": 3}\n')
+    page = tmp_path / "results.md"
+    page.write_text("<!-- bench:full-cifar100-lt-if100-seeds-cpu -->\n<!-- /bench:full-cifar100-lt-if100-seeds-cpu -->\n")
+    doc = seeds_table(tmp_path / "full", seeds=(0, 1, 2), results=tmp_path, page=page)
+    rows = {(r["recipe"], r["stage"]): r for r in doc["rows"]}
+    ssd = rows[("ssd", "stage4")]
+    mean = (44.62 + 45.10 + 43.90) / 3
+    std = (sum((v - mean) ** 2 for v in (44.62, 45.10, 43.90)) / 2) ** 0.5
+    assert ssd["top1"] == {"mean": round(mean, 2), "std": round(std, 2), "n": 3} and ssd["seeds_done"] == [0, 1, 2]
+    assert ssd["gap"] == round(round(mean, 2) - 46.0, 2)
+    lws = rows[("decoupling", "lws")]
+    assert lws["top1"] == {"mean": 42.46, "std": None, "n": 1} and lws["seeds_done"] == [0]
+    text = page.read_text()
+    assert f"| **SSD** (IV: LWS on the hard head) | 0, 1, 2 | {mean:.2f} ± {std:.2f} |" in text
+    assert "| LWS | 0 (s1 epoch 3/" in text
+    assert ("cbd", "cbd") not in rows  # no seed of it exists
+    assert json.loads((tmp_path / "full-cifar100-lt-if100-seeds-cpu.json").read_text())["rows"] == doc["rows"]

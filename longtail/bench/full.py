@@ -55,6 +55,10 @@ ROWS = [
     FullRow("fine-tune", "decoupling", "finetune"),
     FullRow("logit adjustment (post hoc)", "decoupling", "logit_adjust"),
     FullRow("CE (BBN schedule)", "decoupling", "ce_bbn", "CE"),
+    FullRow("LDAM-DRW", "ldam_drw", "ce"),
+    FullRow("Strong without the policy (LA + cosine + mixup)", "strong_mixup", "ce"),
+    FullRow("**Strong** (LA + cosine + mixup + AutoAugment/Cutout)", "strong", "ce"),
+    FullRow("Strong, 3 experts (1.36 M parameters)", "strong_experts", "ce"),
 ]
 
 
@@ -163,6 +167,8 @@ def render(doc: dict, page: str | Path | None = None) -> str:
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in doc["rows"]:
         link = f"[{r['recipe']}/{r['stage']}]({_link_target(r['run'], page)}/{r['stage']})"
+        if r["status"] == "not started":  # no folder yet to link to
+            link = f"`{r['recipe']}/{r['stage']}`"
         paper = _fmt(r["paper"], 1) if r["paper"] is not None else "–"
         if r["status"] == "done":
             flag = " (dirty)" if r["dirty"] else " (on dirty)" if r.get("upstream_dirty") else ""
