@@ -151,3 +151,43 @@ def test_variants_combine_the_losses_as_documented(data, distill, parts):
         if "kd" in parts:
             d += kd_loss(out["main"], F.softmax(tout["main"] / 2.0, dim=1), 2.0)
     assert loss.item() == pytest.approx((0.6 * ce + 0.4 * d).item(), rel=1e-4)
+
+
+def test_hybrid_runs_each_teacher_once_per_step(data):
+    """Hybrid reads features and logits of every teacher on the same batch: one forward each gives both."""
+    from longtail.methods import Batch
+    from longtail.methods.ssd import kd_loss
+
+    r = cbd_recipe()
+    r.stage("cbd").params["distill"] = "hybrid"
+    rt = setup_runtime(r.runtime)
+    ctx = StageContext(r, r.stage("cbd"), data, rt)
+    method = get_method("cbd")(ctx)
+    student = method.build_model().eval()
+    calls, teachers = [], []
+    for i, name in enumerate(("t_std", "t_aug")):
+        torch.manual_seed(i)
+        tm = get_method("ce")(StageContext(r, r.stage(name), data, rt))
+        teacher = tm.build_model().eval().requires_grad_(False)
+        forward = teacher.forward
+        teacher.forward = lambda x, f=forward, n=name: calls.append(n) or f(x)
+        teachers.append((tm, teacher))
+    method.teachers = teachers
+    u8, y = data.train.load(np.arange(8))
+    x = ctx.augment("eval")(u8, None)
+    batch = {"x": Batch(x, torch.as_tensor(y), torch.arange(8), u8)}
+    loss, got = method.loss(student, batch, torch.Generator())
+    assert set(got) == {"ce", "feat", "kd"} and calls == ["t_std", "t_aug"]
+    with torch.no_grad():  # the same loss as from separate feature and logit passes
+        out, touts = student(x), [t(x) for _, t in teachers]
+        ce = F.cross_entropy(out["main"], torch.as_tensor(y))
+        feat = feature_distillation_loss(out["feat"], teacher_target([t["feat"] for t in touts]))
+        kd = kd_loss(out["main"], F.softmax(torch.stack([t["main"] for t in touts]).mean(0) / 2.0, dim=1), 2.0)
+    assert loss.item() == pytest.approx((0.6 * ce + 0.4 * 100.0 * feat + 0.4 * kd).item(), rel=1e-5)
+    calls.clear()
+    x.mul_(0.5)  # the same tensor refilled in place is another batch
+    method.loss(student, batch, torch.Generator())
+    assert calls == ["t_std", "t_aug"]
+    u8, y = data.train.load(np.arange(8, 16))
+    method.loss(student, {"x": Batch(ctx.augment("eval")(u8, None), torch.as_tensor(y), torch.arange(8), u8)}, torch.Generator())
+    assert calls == ["t_std", "t_aug"] * 2

@@ -135,3 +135,35 @@ def test_the_cli_leaves_the_process_group_it_ran_in(tmp_path):
     ``longtail train`` failed so before this), so ``main`` leaves the group on the way out."""
     mp.spawn(_leave_group_worker, args=(2, _free_port(), tmp_path), nprocs=2, join=True)
     assert [(tmp_path / f"rank{r}").read_text() for r in range(2)] == ["0 False", "0 False"]
+
+
+def _two_head_worker(rank, world, port, out):
+    """One rank: a two-head stage, then cRT and LWS on its hard head, as SSD's stages III and IV."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
+    torch.set_num_threads(1)
+    from test_rebalance import TwoHeadCE, recipe  # noqa: E402  (registers the two-head method in this process)
+    from longtail.engine.pipeline import run_recipe
+
+    METHODS["two_head"] = TwoHeadCE
+    res = run_recipe(recipe("stage3", "crt_hard", "lws_hard"), out / "run",
+                     data=synthetic_bundle(num_classes=6, max_per_class=100, imbalance=10, size=16))
+    (out / f"done{rank}").write_text(" ".join(res["stages"]))
+    shutdown_runtime()
+
+
+def test_ddp_trains_crt_and_lws_on_one_head_of_a_two_head_model(tmp_path):
+    """cRT on the hard head used to leave the soft head trainable without a gradient, and DDP
+    (find_unused_parameters off) stopped at the second step waiting for it."""
+    from longtail.engine.checkpoint import load_checkpoint
+
+    mp.spawn(_two_head_worker, args=(2, _free_port(), tmp_path), nprocs=2, join=True)
+    assert [(tmp_path / f"done{r}").read_text() for r in (0, 1)] == ["stage3 crt_hard lws_hard"] * 2
+    s3, crt, lws = (load_checkpoint(tmp_path / "run" / s / "final.pt")["model"] for s in ("stage3", "crt_hard", "lws_hard"))
+    steps = load_checkpoint(tmp_path / "run" / "crt_hard" / "checkpoint.pt")["scheduler"]["global_step"]
+    assert steps >= 2  # past the step where it used to fail
+    soft = [k for k in s3 if k.startswith("heads.soft.")]
+    assert soft and all(torch.equal(s3[k], crt[k]) and torch.equal(s3[k], lws[k]) for k in soft)
+    assert not torch.allclose(s3["heads.hard.fc.weight"], crt["heads.hard.fc.weight"])  # re-initialised, re-trained
+    assert all(torch.equal(crt[k], lws[k]) for k in crt)  # LWS moved only its scales
+    assert not torch.allclose(lws["adjust.hard.scale"], torch.ones(6))

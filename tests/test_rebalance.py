@@ -9,7 +9,10 @@ from longtail.engine.checkpoint import load_checkpoint
 from longtail.engine.loop import StageContext
 from longtail.engine.pipeline import run_recipe
 from longtail.engine.runtime import setup_runtime
+from longtail.errors import ConfigError
+from longtail.losses import class_ce
 from longtail.methods import METHODS, get_method
+from longtail.methods.base import Term
 from longtail.methods.ce import CrossEntropy
 
 AUG = [{"op": "random_crop", "size": 16, "padding": 2}, {"op": "random_hflip"}, {"op": "normalize"}]
@@ -23,7 +26,32 @@ STAGES = {
     "ncm": {"name": "ncm", "method": "ncm", "init": "ce", "epochs": 0},
     "logit_adjust": {"name": "logit_adjust", "method": "logit_adjust", "init": "ce", "epochs": 0},
     "finetune": {"name": "finetune", "method": "ce", "init": "ce", "sampler": "class_balanced", "epochs": 1, "optim": {"lr": 0.01}},
+    # a two-head model (SSD's stage III in shape) and the re-balancers SSD puts on its hard head
+    "stage3": {"name": "stage3", "method": "two_head", "epochs": 1, "optim": {"lr": 0.1}},
+    "crt_hard": {"name": "crt_hard", "method": "crt", "init": "stage3", "params": {"head": "hard"}, "sampler": "class_balanced",
+                 "samples_per_class": 4, "epochs": 1, "optim": {"lr": 0.1}},
+    "lws_hard": {"name": "lws_hard", "method": "lws", "init": "crt_hard", "params": {"head": "hard"}, "sampler": "class_balanced",
+                 "samples_per_class": 2, "epochs": 1, "optim": {"lr": 0.2}},
 }
+
+
+class TwoHeadCE(CrossEntropy):
+    """SSD's stage III in shape, class heads ``hard`` and ``soft`` both trained, without a teacher to train first."""
+
+    name = "two_head"
+
+    def heads(self):
+        return {"hard": self.ctx.num_classes, "soft": self.ctx.num_classes} if self.stage.init == "fresh" else super().heads()
+
+    @property
+    def head_name(self):
+        return "hard"
+
+    def terms(self):
+        return {h: Term(1.0, lambda core, out, b, h=h: class_ce(out[h], b), heads=(h,)) for h in ("hard", "soft")}
+
+
+METHODS["two_head"] = TwoHeadCE
 
 
 def recipe(*names, **over):
@@ -266,3 +294,44 @@ def test_resume_after_editing_one_stage_reuses_the_others(run, data, tmp_path):
     for name in ("ce", "lws", "tau_norm", "ncm", "logit_adjust", "finetune"):  # untouched: not retrained
         assert again["stages"][name]["per_class"] == res["stages"][name]["per_class"]
     assert [p.name.split(".")[0] for p in (tmp_path / "run").iterdir() if ".replaced-" in p.name and p.is_dir()] == ["crt"]
+
+
+@pytest.mark.parametrize("stage", ["crt_hard", "lws_hard"])
+def test_a_head_stage_on_two_heads_freezes_the_head_it_does_not_train(data, stage):
+    """The other head gets no gradient; left trainable it stops DDP at the second step (test_ddp.py)."""
+    method, model, _ = built(data, stage, "stage3", "crt_hard", "lws_hard")
+    assert set(model.heads) == {"hard", "soft"}
+    method.prepare(model)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    want = {"heads.hard.fc.weight", "heads.hard.fc.bias"} if stage == "crt_hard" else {"adjust.hard.scale"}
+    assert trainable == want
+    named = dict(model.named_parameters())
+    assert {id(p) for p in method.parameters(model)} == {id(named[n]) for n in want}  # what the optimiser gets
+    method.train_mode(model)
+    assert not model.heads["soft"].training and not model.backbone.training
+    assert model.heads["hard"].training == (stage == "crt_hard")
+
+
+@pytest.mark.parametrize("method", ["crt", "lws", "tau_norm", "ncm"])
+def test_a_head_stage_on_two_heads_must_name_one_of_them(data, method):
+    r = recipe("stage3", "crt_hard", crt_hard={"method": method, "params": {}})
+    ctx = StageContext(r, r.stage("crt_hard"), data, setup_runtime(r.runtime))
+    with pytest.raises(ConfigError) as e:
+        get_method(method)(ctx)
+    assert str(e.value) == "stages.crt_hard.params.head: stage3 has heads hard, soft; name one"
+    r = recipe("stage3", "crt_hard", crt_hard={"method": method, "params": {"head": "main"}})
+    with pytest.raises(ConfigError) as e:
+        get_method(method)(StageContext(r, r.stage("crt_hard"), data, setup_runtime(r.runtime)))
+    assert str(e.value) == "stages.crt_hard.params.head: stage3 has no head 'main'; it has hard, soft"
+
+
+def test_the_cli_names_the_heads_when_crt_on_two_heads_names_none(tmp_path, capsys):
+    import yaml
+
+    from longtail.cli import main
+
+    r = recipe("stage3", "crt_hard", crt_hard={"params": {}}).to_dict()
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(r))
+    assert main(["train", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["longtail: error: stages.crt_hard.params.head: stage3 has heads hard, soft; name one"]

@@ -190,3 +190,39 @@ def test_cbd_student_starts_from_other_weights_than_its_teacher(data):
     r = cbd_recipe()
     assert init_seed(0, r.stage("t_std")) == 0  # an explicit stage seed is kept
     assert init_seed(0, r.stage("cbd")) not in (0, 1)
+
+
+def _keys_equal_query(model):
+    moco = model.aux["moco"]
+    query = nn.Sequential(model.backbone, model.neck).state_dict()
+    keys = moco.k_encoder.state_dict()
+    assert list(keys) == list(query) and all(torch.equal(keys[k], query[k]) for k in query)
+    assert all(torch.equal(a, b) for a, b in zip(moco.k_proj.state_dict().values(), moco.q_proj.state_dict().values()))
+
+
+def test_the_key_encoder_starts_equal_to_the_query_after_init_and_pretrained_loads(data, tmp_path):
+    """MoCo starts theta_k = theta_q; the key encoder copied in build_model predates the weight loads."""
+    from longtail.config import recipe_from_dict
+    from longtail.engine.loop import build_stage_model
+
+    moco = dict(self_sup="moco", moco_queue=64, moco_dim=16, key_augment="cifar_strong")
+    r = ssd_recipe(epochs=1, **moco)
+    r.stages = r.stages[:1]
+    run_recipe(r, tmp_path / "run", data=data)
+    trained = load_checkpoint(tmp_path / "run" / "stage1" / "final.pt")["model"]
+    d = r.to_dict()
+    d["stages"].append({**d["stages"][0], "name": "again", "init": "stage1"})
+    r = recipe_from_dict(d)
+    ctx = StageContext(r, r.stage("again"), data, setup_runtime(r.runtime), {"stage1": tmp_path / "run" / "stage1" / "final.pt"})
+    model = build_stage_model(get_method("ssd_ssl")(ctx), ctx, seed=123)
+    assert torch.equal(model.backbone.conv1.weight, trained["backbone.conv1.weight"])  # the init: weights are in
+    _keys_equal_query(model)
+
+    torch.save({f"{k.removeprefix('backbone.')}": v for k, v in trained.items() if k.startswith("backbone.")}, tmp_path / "tv.pth")
+    d["stages"] = d["stages"][:1]
+    d["model"]["pretrained"] = str(tmp_path / "tv.pth")
+    r = recipe_from_dict(d)
+    ctx = StageContext(r, r.stage("stage1"), data, setup_runtime(r.runtime))
+    model = build_stage_model(get_method("ssd_ssl")(ctx), ctx, seed=123)
+    assert torch.equal(model.backbone.conv1.weight, trained["backbone.conv1.weight"])  # the pretrained weights are in
+    _keys_equal_query(model)

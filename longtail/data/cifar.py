@@ -213,12 +213,12 @@ def load_cifar(name: str, root, download: bool = False) -> CifarArrays:
         members, where = _read_folder(folder, spec), folder
         source = {"folder": folder.name}  # the name, not this machine's path: the record travels
     else:
-        if not archive.is_file():
-            if not download:
-                raise DataError(
-                    f"{spec.archive} not found in {root}; download {spec.url} there or enable data.download"
-                )
-            dl.download_url(spec.url, archive, spec.md5)
+        if download:
+            dl.download_once(spec.url, archive, spec.md5)  # under DDP: rank 0 alone, the others wait for it
+        elif not archive.is_file():
+            raise DataError(
+                f"{spec.archive} not found in {root}; download {spec.url} there or enable data.download"
+            )
         members, md5 = _read_archive(archive, spec)
         where = archive
         if md5 != spec.md5:

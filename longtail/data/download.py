@@ -10,6 +10,8 @@ import os
 import urllib.request
 from pathlib import Path
 
+import torch.distributed as dist
+
 from ..errors import DataError
 
 CHUNK = 1 << 20
@@ -57,4 +59,31 @@ def download_url(url: str, dest, md5: str | None = None) -> Path:
             f"download of {url} to {dest} has md5 {h.hexdigest()}, expected {md5}; the partial file was deleted"
         )
     os.replace(part, dest)
+    return dest
+
+
+def download_once(url: str, dest, md5: str | None = None) -> Path:
+    """``dest``, fetched by :func:`download_url` if it is missing; under DDP by rank 0 alone.
+
+    Every rank calls this (it is a collective, whether or not the file is there): otherwise each rank
+    writes into the same ``.part`` file and one renames it while another still writes. Rank 0's outcome,
+    broadcast to all, is the barrier: no rank looks for the file before rank 0 has renamed it into place,
+    and a failed download fails every rank with rank 0's message instead of leaving them waiting.
+    """
+    dest = Path(dest)
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return dest if dest.is_file() else download_url(url, dest, md5)
+    failure = None
+    if dist.get_rank() == 0 and not dest.is_file():
+        try:
+            download_url(url, dest, md5)
+        except DataError as e:
+            failure = str(e)
+    box = [failure]
+    dist.broadcast_object_list(box, src=0)
+    if box[0] is not None:
+        raise DataError(box[0])
+    if not dest.is_file():
+        raise DataError(f"{dest}: rank 0 downloaded it, but rank {dist.get_rank()} does not see it; "
+                        "put the data root on a filesystem that every rank shares")
     return dest

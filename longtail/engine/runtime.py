@@ -83,7 +83,8 @@ def pick_amp(amp: str, device: torch.device) -> torch.dtype | None:
     if amp == "bf16":
         return torch.bfloat16
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        # Without emulation: pre-Ampere cards "support" bf16 by emulating it, far slower than their fp16.
+        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
     return torch.bfloat16 if cpu_has_fast_bf16() else None
 
 
@@ -156,11 +157,15 @@ def git_commit(root: Path | None = None) -> str | None:
 
 def code_hash(root: Path | None = None) -> str:
     """A content hash of the code that runs (every .py and .yaml under longtail/ and recipes/, by path and
-    bytes): it names the code even where its commit was amended away, or where there is no git at all."""
+    bytes): it names the code even where its commit was amended away, or where there is no git at all.
+    An installed copy (a wheel, ``pip install .``) has the recipes as package data under longtail/recipes/;
+    they are hashed as recipes/..., so the same code hashes the same installed or checked out."""
     root = root or Path(__file__).resolve().parents[2]
+    packaged = root / "longtail" / "recipes"  # in a source checkout there is none: recipes/ beside longtail/
     h = hashlib.sha256()
     for d in CODE_DIRS:
-        for p in sorted((root / d).rglob("*")):
-            if p.suffix in (".py", ".yaml") and "__pycache__" not in p.parts:
-                h.update(p.relative_to(root).as_posix().encode() + b"\0" + p.read_bytes() + b"\0")
+        base = packaged if d == "recipes" and packaged.is_dir() else root / d
+        for p in sorted(base.rglob("*")):
+            if p.suffix in (".py", ".yaml") and "__pycache__" not in p.parts and not (d == "longtail" and packaged in p.parents):
+                h.update(f"{d}/{p.relative_to(base).as_posix()}".encode() + b"\0" + p.read_bytes() + b"\0")
     return h.hexdigest()[:16]

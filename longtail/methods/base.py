@@ -151,13 +151,36 @@ class Method:
         load_fitting(model, state, f"stage {self.stage.name}: the weights of stage {self.stage.init!r} ({source}) do not fit this model",
                      may_be_new=("adjust.", "aux."))
 
+    def trained_heads(self) -> set[str]:
+        """The class heads this stage's loss reads: its terms' heads, else the one it tests with."""
+        try:
+            read = {h for t in self.terms().values() for h in t.heads}
+        except NotImplementedError:
+            read = set()
+        return read or {self.head_name}
+
+    def check_head(self) -> None:
+        """A stage that picks one head of the model it starts from must pick one that model has."""
+        heads = self.heads()
+        if self.head_name in heads:
+            return
+        where = f"stages.{self.stage.name}.params.head"
+        source = self.stage.init if self.stage.init != "fresh" else "this stage's model"
+        if "head" not in (self.stage.params or {}):
+            raise ConfigError(f"{where}: {source} has heads {', '.join(heads)}; name one")
+        raise ConfigError(f"{where}: {source} has no head {self.head_name!r}; it has {', '.join(heads)}")
+
     def frozen_parts(self, model: nn.Module) -> list[nn.Module]:
-        return {
-            "all": [],
-            "classifier": [model.backbone, model.neck],
-            "lws": [model.backbone, model.neck, model.heads],
-            "none": [model],
-        }[self.train_scope]
+        scope = self.train_scope
+        if scope in ("all", "none"):
+            return [model] if scope == "none" else []
+        # A head (or adjuster) that the loss never reads would still require grad and get none, and DDP
+        # (find_unused_parameters off) stops at the next step waiting for its gradient: freeze it too.
+        trained = self.trained_heads()
+        idle = [m for d in (model.heads, model.adjust) for name, m in d.items() if name not in trained]
+        if scope == "lws":
+            return [model.backbone, model.neck, model.heads, *idle]
+        return [model.backbone, model.neck, *idle]
 
     def prepare(self, model: nn.Module) -> None:
         """Freeze what this stage does not train; subclasses also load teachers here."""

@@ -10,6 +10,7 @@ Teachers are named by stage, or by the path of a ``final.pt`` from another run (
 from __future__ import annotations
 
 import copy
+import weakref
 from dataclasses import dataclass, field
 
 from ..config import choice
@@ -74,12 +75,38 @@ class ClassBalancedDistillation(Method):
 
     # Frozen teachers, eval mode, no autograd, on the student's augmented batch.
     @torch.no_grad()
-    def teacher_features(self, x: torch.Tensor) -> torch.Tensor:
-        return teacher_target([t(x)["feat"] for _, t in self.teachers])
+    def teacher_outputs(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """The feature target and the mean logits of the teachers on ``x``, from one forward per teacher.
 
-    @torch.no_grad()
+        Hybrid distillation's two terms both ask on the same batch, so the answer is kept for that batch:
+        the same tensor object (held weakly, so the batch is not kept alive) at the same in-place version.
+        """
+        version = -1 if x.is_inference() else x._version  # inference tensors keep no version counter
+        seen = getattr(self, "_seen", None)
+        if seen is not None and seen[0]() is x and seen[1] == version:
+            return seen[2]
+        feats, logits = [], []
+        for m, t in self.teachers:
+            if type(m).predict is Method.predict:  # its prediction is a head of the plain forward
+                out = t(x)
+                feats.append(out["feat"])
+                logits.append(out[m.head_name].float())
+            else:  # e.g. an ensemble: its own prediction, and no single feature to distil
+                feats.append(None)
+                logits.append(m.predict(t, x).float())
+        result = (None if any(f is None for f in feats) else teacher_target(feats)), torch.stack(logits).mean(0)
+        self._seen = (weakref.ref(x), version, result)
+        return result
+
+    def teacher_features(self, x: torch.Tensor) -> torch.Tensor:
+        v = self.teacher_outputs(x)[0]
+        if v is None:
+            raise ConfigError(f"stages.{self.stage.name}.params.teachers: a teacher that is an ensemble has no feature "
+                              f"to distil; use distill: logit with it")
+        return v
+
     def teacher_logits(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.stack([m.predict(t, x).float() for (m, t) in self.teachers]).mean(0)
+        return self.teacher_outputs(x)[1]
 
     def terms(self):
         a, head = self.p.alpha, self.head_name

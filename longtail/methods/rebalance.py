@@ -37,6 +37,10 @@ class ClassifierRetraining(CrossEntropy):
     scope = "classifier"
     Params = HeadParams
 
+    def __init__(self, ctx):
+        super().__init__(ctx)
+        self.check_head()  # here, not as a KeyError inside init_from
+
     def init_from(self, model, state):
         super().init_from(model, state)
         model.heads[self.head_name].reset_parameters()
@@ -46,6 +50,10 @@ class AdjustedHead(CrossEntropy):
     """A stage that puts a logit adjuster on an earlier stage's head (see models/adjust.py)."""
 
     Params = HeadParams
+
+    def __init__(self, ctx):
+        super().__init__(ctx)
+        self.check_head()
 
     def make_adjuster(self, model):
         raise NotImplementedError

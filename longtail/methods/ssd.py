@@ -85,6 +85,11 @@ class SSDSelfSupervised(Method):
                                      self.p.moco_momentum, self.p.moco_tau, self.p.moco_mlp, self.p.moco_bn_splits)
         return model
 
+    def prepare(self, model):
+        super().prepare(model)
+        if self.p.self_sup == "moco":  # the engine has loaded any init: or pretrained weights by now
+            model.aux["moco"].reset_keys(nn.Sequential(model.backbone, model.neck))
+
     def loss(self, model, batch, g):
         b, core = batch["x"], unwrap(model)
         n = len(b.y)

@@ -58,6 +58,13 @@ class MoCo(nn.Module):
         self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
 
     @torch.no_grad()
+    def reset_keys(self, encoder: nn.Module) -> None:
+        """Set the key encoder and projector to the query's (MoCo starts theta_k = theta_q). The copy made at
+        construction predates any weight load (``init:``, pretrained), so call this once the query's are in."""
+        self.k_encoder.load_state_dict(encoder.state_dict())
+        self.k_proj.load_state_dict(self.q_proj.state_dict())
+
+    @torch.no_grad()
     def keys(self, encoder: nn.Module, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         """Update the key encoder from the query ``encoder``, then embed ``x`` with it: row i is the key of
         ``x[i]``, whatever shuffle its BatchNorm saw. ``g`` draws the shuffle (rank 0's, under DDP)."""

@@ -1,0 +1,110 @@
+"""What only shows on GPUs or several ranks, checked on CPU: the autocast dtype a CUDA card gets, and a
+first download under DDP."""
+import io
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from longtail.data import cifar, download
+from longtail.engine.runtime import pick_amp
+from longtail.errors import DataError
+
+
+@pytest.mark.parametrize("native,want", [(False, torch.float16), (True, torch.bfloat16)])
+def test_auto_amp_takes_fp16_where_bf16_is_only_emulated(monkeypatch, native, want):
+    """``is_bf16_supported()`` is True on pre-Ampere cards too, which emulate bf16 far slower than their fp16."""
+    asked = []
+
+    def is_bf16_supported(including_emulation=True):
+        asked.append(including_emulation)
+        return native or including_emulation
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
+    assert pick_amp("auto", torch.device("cuda", 0)) is want
+    assert asked == [False]
+    assert pick_amp("bf16", torch.device("cuda", 0)) is torch.bfloat16  # asked for by name: as asked
+
+
+def _as_rank(monkeypatch, rank, events, broadcast):
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda group=None: 2)
+    monkeypatch.setattr(dist, "get_rank", lambda group=None: rank)
+    monkeypatch.setattr(dist, "broadcast_object_list", broadcast)
+    monkeypatch.setattr(download, "download_url",
+                        lambda url, dest, md5=None: events.append(("download", url, dest.name)) or dest.write_bytes(b"x") or dest)
+
+
+def test_rank_one_waits_for_rank_zero_and_never_downloads(tmp_path, monkeypatch):
+    events, dest = [], tmp_path / "a.tar.gz"
+
+    def broadcast(box, src=0):  # rank 0 finishes its download while rank 1 waits here
+        events.append(("barrier", dest.exists()))
+        dest.write_bytes(b"x")
+        box[0] = None
+
+    _as_rank(monkeypatch, 1, events, broadcast)
+    assert download.download_once("http://x/a.tar.gz", dest, "md5") == dest
+    assert events == [("barrier", False)]
+
+
+def test_rank_zero_downloads_once_before_the_barrier(tmp_path, monkeypatch):
+    events, dest = [], tmp_path / "a.tar.gz"
+    _as_rank(monkeypatch, 0, events, lambda box, src=0: events.append(("barrier", box[0])))
+    download.download_once("http://x/a.tar.gz", dest, "md5")
+    assert events == [("download", "http://x/a.tar.gz", "a.tar.gz"), ("barrier", None)]
+    events.clear()
+    download.download_once("http://x/a.tar.gz", dest, "md5")  # there now: nobody fetches, every rank still meets
+    assert events == [("barrier", None)]
+
+
+def test_a_failed_download_on_rank_zero_fails_rank_one_with_its_message(tmp_path, monkeypatch):
+    def broadcast(box, src=0):
+        box[0] = "could not download http://x/a.tar.gz to a.tar.gz: refused"
+
+    _as_rank(monkeypatch, 1, [], broadcast)
+    with pytest.raises(DataError, match=r"^could not download http://x/a.tar.gz to a.tar.gz: refused$"):
+        download.download_once("http://x/a.tar.gz", tmp_path / "a.tar.gz")
+    _as_rank(monkeypatch, 1, [], lambda box, src=0: None)  # rank 0 succeeded, but on a disk rank 1 cannot see
+    with pytest.raises(DataError, match="rank 1 does not see it; put the data root on a filesystem that every rank shares"):
+        download.download_once("http://x/a.tar.gz", tmp_path / "a.tar.gz")
+
+
+def test_load_cifar_downloads_through_the_once_per_run_path(tmp_path, monkeypatch):
+    seen = []
+
+    def once(url, dest, md5=None):
+        seen.append((url, dest, md5))
+        raise DataError("stop here")
+
+    monkeypatch.setattr(download, "download_once", once)
+    with pytest.raises(DataError, match="stop here"):
+        cifar.load_cifar("cifar10", tmp_path, download=True)
+    spec = cifar.SPECS["cifar10"]
+    assert seen == [(spec.url, tmp_path / spec.archive, spec.md5)]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _download_worker(rank, world, port, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    opened = []
+    download.urlopen = lambda url: opened.append(url) or io.BytesIO(b"archive bytes")
+    got = download.download_once("http://x/a.tar.gz", out / "a.tar.gz", download.hashlib.md5(b"archive bytes").hexdigest())
+    (out / f"rank{rank}").write_text(f"{len(opened)} {got.read_bytes().decode()}")
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def test_two_gloo_ranks_fetch_a_missing_archive_once(tmp_path):
+    mp.spawn(_download_worker, args=(2, _free_port(), tmp_path), nprocs=2, join=True)
+    assert [(tmp_path / f"rank{r}").read_text() for r in (0, 1)] == ["1 archive bytes", "0 archive bytes"]
+    assert not list(tmp_path.glob("*.part"))
