@@ -8,7 +8,8 @@ import sys
 import warnings
 from pathlib import Path
 
-from .errors import ConfigError, LongtailError
+from .bench.commands import add_bench_parser
+from .errors import LongtailError
 
 
 def _table(metrics: dict, title: str = "") -> str:
@@ -19,11 +20,36 @@ def _table(metrics: dict, title: str = "") -> str:
 
 
 def cmd_recipes(args) -> int:
-    from .config import available_recipes
+    from .config.recipes import describe_search_path, recipe_index
 
-    for name in available_recipes():
-        print(name)
+    index = recipe_index()
+    if not index:
+        raise LongtailError(f"no recipes found; looked in {describe_search_path()}")
+    for name, path in index.items():
+        print(f"{name}\t{path}" if args.paths else name)
     return 0
+
+
+def version_text() -> str:
+    """``longtail X.Y.Z``, and the commit (``-dirty`` if changed) when this copy runs from a git clone."""
+    from . import __version__
+
+    root = Path(__file__).resolve().parents[1]
+    commit = None
+    if (root / ".git").exists():  # a clone's top level, not an installed copy inside some other repository
+        from .engine.runtime import git_commit
+
+        commit = git_commit(root)
+    return f"longtail {__version__}" + (f" (commit {commit})" if commit else "")
+
+
+class _Version(argparse.Action):
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(version_text())
+        parser.exit()
 
 
 def cmd_stats(args) -> int:
@@ -198,50 +224,13 @@ def cmd_report(args) -> int:
     return 0
 
 
-def cmd_bench_reproduce(args) -> int:
-    from .bench.reproduce import reproduce
-
-    reproduce(args)
-    return 0
-
-
-def cmd_bench_full(args) -> int:
-    from .bench.full import full_table, render
-
-    if args.seeds:
-        from .bench.seeds import render_seeds, seeds_table
-
-        try:
-            seeds = tuple(int(s) for s in args.seeds.split(","))
-        except ValueError:
-            raise ConfigError(f"--seeds: expected comma-separated integers like 0,1,2, got {args.seeds!r}") from None
-        print(render_seeds(seeds_table(args.root, args.table, args.imbalance, seeds, args.device, args.results, args.readme)), end="")
-        return 0
-    doc = full_table(args.root, args.table, args.imbalance, args.seed, args.device, args.results, args.readme)
-    print(render(doc), end="")
-    return 0
-
-
-def cmd_bench_throughput(args) -> int:
-    from .bench.throughput import throughput
-
-    throughput(args)
-    return 0
-
-
-def cmd_bench_data(args) -> int:
-    from .bench.data import bench_data
-
-    bench_data(args)
-    return 0
-
-
-def _csv(kind):
-    return lambda text: [kind(v) for v in text.split(",") if v.strip()]
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="longtail", description="Long-tailed image recognition in plain PyTorch.")
+    p.add_argument("--version", action=_Version, help="print the version (and the commit, in a git clone) and exit")
+    p.add_argument("--recipes", action="append", metavar="DIR", default=[],
+                   help="a folder of your own recipes (DIR/<name>.yaml is recipe <name>), given before the command; "
+                        "repeatable. Searched first, then the folders in $LONGTAIL_RECIPES (separated by "
+                        f"'{os.pathsep}'), then the recipes shipped with longtail")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a recipe (all its stages)")
@@ -295,58 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--tsne-classes", type=int, default=9, help="classes in the t-SNE plot, drawn from many/medium/few")
     rp.set_defaults(func=cmd_report)
 
-    b = sub.add_parser("bench", help="reproduction tables and throughput benchmarks")
-    bsub = b.add_subparsers(dest="bench_command", required=True)
-    br = bsub.add_parser("reproduce", help="run a grid of methods x imbalance x seeds; write results/<table>.json and .md")
-    br.add_argument("--table", required=True, choices=["cifar100-lt", "cifar10-lt"])
-    br.add_argument("--imbalance", type=_csv(float), default=[100.0], help="comma-separated, e.g. 100,50,10")
-    br.add_argument("--seeds", type=_csv(int), default=[0], help="comma-separated, e.g. 0,1,2")
-    br.add_argument("--epochs-scale", type=float, default=1.0, help="multiply every stage's epochs (1 = the papers' schedules)")
-    br.add_argument("--methods", type=_csv(str), help="comma-separated subset (default: all)")
-    br.add_argument("--data-root")
-    br.add_argument("--device")
-    br.add_argument("--runs", default="runs/bench", help="where the runs live (existing ones with the same config are reused)")
-    br.add_argument("--results", default="results", help="where <table>[-<tag>].json and .md are written")
-    br.add_argument("--tag", help="suffix of the results file name (default: cpu or gpu, from the device)")
-    br.add_argument("--page", "--readme", dest="readme", default="docs/results.md", metavar="FILE",
-                    help="the results page whose <!-- bench:TABLE-TAG --> block gets the table (default docs/results.md; "
-                         "--readme is the old name)")
-    br.add_argument("--render-only", action="store_true", help="re-render the markdown from the results file; train nothing")
-    br.set_defaults(func=cmd_bench_reproduce)
-    bf = bsub.add_parser("full", help="the full-schedule table from the committed run folders (trains nothing)")
-    bf.add_argument("--root", default="results/full", help="holds <table>-if<IF>/<recipe>-s<seed>/")
-    bf.add_argument("--table", default="cifar100-lt", choices=["cifar100-lt", "cifar10-lt"])
-    bf.add_argument("--imbalance", type=float, default=100.0)
-    bf.add_argument("--seed", type=int, default=0)
-    bf.add_argument("--seeds", default=None, help="e.g. 0,1,2: one table of mean ± std over these seeds (full-<table>-if<IF>-seeds-<device>.json)")
-    bf.add_argument("--device", default="cpu", help="the device tag the runs were made on (file name and caption)")
-    bf.add_argument("--results", default="results", help="folder for full-<table>-if<IF>-s<seed>-<device>.json")
-    bf.add_argument("--page", "--readme", dest="readme", default="docs/results.md", metavar="FILE",
-                    help="the results page whose <!-- bench:full-... --> block gets the table (default docs/results.md; "
-                         "--readme is the old name)")
-    bf.set_defaults(func=cmd_bench_full)
-    bt = bsub.add_parser("throughput", help="training images/s: model alone, the longtail loop, a classic PIL pipeline, per method")
-    bt.add_argument("--data-root")
-    bt.add_argument("--device")
-    bt.add_argument("--steps", type=int, default=30, help="timed steps per measurement")
-    bt.add_argument("--epochs", type=int, default=2, help="whole epochs of the loop (the sustained rate is epochs 2..N; at least 2)")
-    bt.add_argument("--results", default="results", help="folder for throughput-<device>.json")
-    bt.add_argument("--quick", action="store_true", help="few steps, for smoke tests (numbers are not meaningful)")
-    bt.add_argument("--batch", type=int, help=argparse.SUPPRESS)  # tests: smaller batches (default 128)
-    bt.add_argument("--synthetic", action="store_true", help=argparse.SUPPRESS)  # tests: a tiny synthetic set, no archive
-    bt.set_defaults(func=cmd_bench_throughput)
-
-    bd = bsub.add_parser("data", help="file-image pipeline img/s: each decoder, the cache, crops; against the model alone")
-    bd.add_argument("--folder", help="a JPEG folder root/<class>/<images> (default: generate one)")
-    bd.add_argument("--generate", type=int, default=1024, help="images to generate without --folder (500x375 JPEGs)")
-    bd.add_argument("--images", type=int, default=1024, help="images measured")
-    bd.add_argument("--recipe", default="imagenet-lt/ce", help="whose transforms and model (default imagenet-lt/ce)")
-    bd.add_argument("--steps", type=int, default=3, help="timed model-alone steps")
-    bd.add_argument("--batch", type=int, default=32, help="model-alone batch size (default 32)")
-    bd.add_argument("--data-root", help="where the split lists are, to count the images the cache budget covers")
-    bd.add_argument("--device")
-    bd.add_argument("--results", default="results", help="folder for bench-data-<device>.json")
-    bd.set_defaults(func=cmd_bench_data)
+    add_bench_parser(sub)
 
     pr = sub.add_parser("predict", help="classify images with a trained stage (final.pt) or an export folder")
     pr.add_argument("model", help="a stage's final.pt, or a folder written by 'longtail export'")
@@ -363,13 +301,21 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", required=True, help="the folder to write")
     ex.set_defaults(func=cmd_export)
 
-    r = sub.add_parser("recipes", help="list the recipes")
+    r = sub.add_parser("recipes", help="list the recipes: those in --recipes DIRs and $LONGTAIL_RECIPES, then the shipped ones",
+                       description="List the recipe names. Searched in order, the first match of a name wins: "
+                                   "longtail --recipes DIR (each), the folders in $LONGTAIL_RECIPES, then the "
+                                   "recipes shipped with longtail. No recipe found is an error (exit 2).")
+    r.add_argument("--paths", action="store_true", help="also print the file each name resolves to")
     r.set_defaults(func=cmd_recipes)
     return p
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.recipes or "longtail.config.recipes" in sys.modules:  # (main may run more than once in a process)
+        from .config.recipes import set_recipe_dirs
+
+        set_recipe_dirs(args.recipes)
     warnings.formatwarning = lambda msg, cat, *a, **k: f"longtail: warning: {msg}\n"
     ok = False
     try:

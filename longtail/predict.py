@@ -48,7 +48,7 @@ def card_bundle(card: dict) -> DataBundle:
 def eval_augment(card: dict, spec) -> Augment:
     if isinstance(spec, str):
         return Augment.preset(spec, mean=card["mean"], std=card["std"], size=card["crop_size"])
-    return Augment.from_spec(spec, mean=card["mean"], std=card["std"])
+    return Augment(spec, mean=card["mean"], std=card["std"])
 
 
 class Program(nn.Module):
@@ -77,7 +77,7 @@ class Predictor:
     def from_checkpoint(cls, path, device: str | None = None) -> "Predictor":
         from .config import recipe_from_dict
         from .engine.checkpoint import load_checkpoint
-        from .engine.loop import StageContext
+        from .engine.context import StageContext
         from .engine.runtime import setup_runtime
         from .methods import get_method
         from .models.classifier import load_exported

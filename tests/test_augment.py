@@ -339,15 +339,15 @@ RANDOM_OPS = [
 @pytest.mark.parametrize("name,params,size", RANDOM_OPS, ids=[r[0] for r in RANDOM_OPS])
 def test_op_shape_dtype_range_and_channels_last(name, params, size):
     x = batch(16)
-    out = A.OPS[name](x, gen(3), **params)
+    out = A.OP_TABLE[name].fn(x, gen(3), **params)
     assert out.shape == (16, 3, size, size) and out.dtype == torch.float32
     assert out.data_ptr() != x.data_ptr()
     if name != "gaussian_noise":
         assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0 + 1e-6
     # Same generator seed, same output; another seed, another output.
-    assert torch.equal(out, A.OPS[name](x, gen(3), **params))
-    assert not torch.equal(out, A.OPS[name](x, gen(4), **params))
-    cl = A.OPS[name](x.contiguous(memory_format=torch.channels_last), gen(3), **params)
+    assert torch.equal(out, A.OP_TABLE[name].fn(x, gen(3), **params))
+    assert not torch.equal(out, A.OP_TABLE[name].fn(x, gen(4), **params))
+    cl = A.OP_TABLE[name].fn(x.contiguous(memory_format=torch.channels_last), gen(3), **params)
     torch.testing.assert_close(cl, out, rtol=0, atol=1e-6)
     # The input is never modified.
     assert torch.equal(x, batch(16))
@@ -360,7 +360,7 @@ def test_op_shape_dtype_range_and_channels_last(name, params, size):
 
 def test_pipeline_uint8_input_and_determinism():
     raw = torch.randint(0, 256, (64, 3, 32, 32), generator=gen(), dtype=torch.uint8)
-    identity = A.Augment.from_spec([])
+    identity = A.Augment([])
     torch.testing.assert_close(identity(raw, gen()), raw.float() / 255)
     aug = A.Augment.preset("cifar_strong", MEAN, STD)
     out = aug(raw, gen(10))
@@ -423,11 +423,11 @@ def test_preset_contents():
 )
 def test_config_errors(spec, message):
     with pytest.raises(ConfigError, match=message):
-        A.Augment.from_spec(spec)
+        A.Augment(spec)
 
 
 def test_spec_accepts_yaml_style_values():
-    aug = A.Augment.from_spec(
+    aug = A.Augment(
         [{"op": "random_resized_crop", "size": 8, "scale": [0.2, 1]}, {"op": "normalize"}], mean=MEAN, std=STD
     )
     assert aug.steps[0][1]["scale"] == (0.2, 1.0)

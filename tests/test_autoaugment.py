@@ -453,12 +453,12 @@ def test_preset_builds_and_runs_on_uint8():
 )
 def test_bad_params_name_op_and_parameter(step, message):
     with pytest.raises(ConfigError, match=message):
-        A.Augment.from_spec([step])
+        A.Augment([step])
 
 
 def test_spec_params_reach_the_op():
     x = torch.ones(2, 3, 32, 32)
-    aug = A.Augment.from_spec([{"op": "cutout", "holes": 3, "size": 4}])
+    aug = A.Augment([{"op": "cutout", "holes": 3, "size": 4}])
     out = aug(x, gen(2))
     cy, cx = POL.cutout_centres(2, 32, 32, 3, gen(2))
     torch.testing.assert_close(out, O.cutout_with(x, cy, cx, 4), rtol=0, atol=0)

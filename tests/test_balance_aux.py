@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from longtail.config import recipe_from_dict
 from longtail.data.synthetic import synthetic_bundle
 from longtail.engine.checkpoint import load_checkpoint
-from longtail.engine.loop import StageContext
+from longtail.engine.context import StageContext
 from longtail.engine.pipeline import run_recipe
 from longtail.engine.runtime import setup_runtime
 from longtail.methods import Batch, get_method
@@ -42,7 +42,7 @@ def built(data, **params):
 def batch_of(data, idx):
     u8, y = data.train.load(idx)
     x = u8.float() / 255
-    return Batch(x, torch.as_tensor(y), torch.as_tensor(idx), u8)
+    return Batch(x, torch.as_tensor(y), u8)
 
 
 def test_loss_is_the_weighted_sum_of_the_three_heads(data, monkeypatch):
@@ -58,7 +58,7 @@ def test_loss_is_the_weighted_sum_of_the_three_heads(data, monkeypatch):
         rotated["x"] = rotate90(x, k)
         return rotated["x"], k
 
-    monkeypatch.setattr(ba, "rotation_batch", fixed_rotation)
+    monkeypatch.setattr(ba, "random_rotate90", fixed_rotation)
     loss, parts = method.loss(model, {"cbs": cbs, "rrs": rrs}, torch.Generator())
     with torch.no_grad():  # eval-mode BatchNorm: the same features batched or not
         f = model.features

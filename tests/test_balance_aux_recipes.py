@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from longtail.config import load_recipe
 from longtail.data.synthetic import synthetic_bundle
-from longtail.engine.loop import StageContext
+from longtail.engine.context import StageContext
 from longtail.engine.optim import build_optimizer, lr_at
 from longtail.engine.runtime import setup_runtime
 from longtail.methods import get_method

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from longtail.config import keep_stages, load_recipe
 from longtail.engine.checkpoint import load_checkpoint
-from longtail.engine.loop import StageContext
+from longtail.engine.context import StageContext
 from longtail.engine.pipeline import run_recipe
 from longtail.engine.runtime import setup_runtime
 from longtail.errors import ConfigError
@@ -29,7 +29,7 @@ def method_for(recipe, stage, data):
 def batch_of(data, idx):
     u8, y = data.train.load(np.asarray(idx))
     x = (u8.float() / 255 - 0.5) / 0.25
-    return Batch(x, torch.as_tensor(y), torch.as_tensor(idx), u8)
+    return Batch(x, torch.as_tensor(y), u8)
 
 
 def test_composed_loss_is_the_weighted_sum_of_the_three_papers_terms(data):

@@ -20,7 +20,8 @@ import torch
 from longtail.config import recipe_from_dict
 from longtail.data.images import DataBundle, ImageSet, TensorStore
 from longtail.engine.checkpoint import load_checkpoint
-from longtail.engine.loop import StageContext, evaluate_split, run_over
+from longtail.engine.context import StageContext
+from longtail.engine.passes import evaluate_split, predict_split
 from longtail.engine.pipeline import run_recipe
 from longtail.engine.runtime import setup_runtime, shutdown_runtime
 from longtail.errors import ConfigError
@@ -148,7 +149,7 @@ def test_one_process_rescoring_the_saved_weights_gets_identical_metrics(two_rank
         saved = results["stages"][name]
         assert {k: saved[k] for k in test} == test, name
         assert saved["val"] == {k: v for k, v in val.items() if k != "per_class"}, name
-        features = stage_record(method, model, ctx, run_over(ctx, model, ctx.data.test, method.predict))["features"]
+        features = stage_record(method, model, ctx, predict_split(ctx, model, ctx.data.test, method.predict))["features"]
         assert np.array_equal(np.load(out / "run" / name / "report.npz")["features"], features), name
 
 

@@ -16,7 +16,7 @@ import longtail
 from longtail.config import Recipe, StageConfig, recipe_from_dict
 from longtail.data.synthetic import synthetic_bundle
 from longtail.engine.checkpoint import load_checkpoint
-from longtail.engine.loop import StageContext
+from longtail.engine.context import StageContext
 from longtail.engine.pipeline import run_recipe
 from longtail.engine.runtime import setup_runtime
 from longtail.methods import METHODS, get_method
@@ -252,7 +252,7 @@ def test_class_balanced_stage_and_best_val_selection(data, tmp_path):
 def test_best_val_ties_go_to_the_epoch_whose_weights_are_kept(data, tmp_path, monkeypatch):
     """Scripted validation scores 40, 60, 60, 30: epochs 2 and 3 tie. best.pt is rewritten on a tie, so the
     selection must name epoch 3 and report epoch 3's weights (naming epoch 2 with epoch 3's weights was the bug)."""
-    from longtail.engine import loop
+    from longtail.engine import finish, loop
 
     scripted, states, real = iter([40.0, 60.0, 60.0, 30.0]), [], loop.evaluate_split
 
@@ -263,7 +263,8 @@ def test_best_val_ties_go_to_the_epoch_whose_weights_are_kept(data, tmp_path, mo
             metrics["top1"] = next(scripted)
         return metrics
 
-    monkeypatch.setattr(loop, "evaluate_split", scripted_val)
+    for where in (loop, finish):  # epoch ends, then the last epoch's score in finish_stage
+        monkeypatch.setattr(where, "evaluate_split", scripted_val)
     recipe = tiny_recipe(epochs=4, select="best_val")
     recipe.runtime.eval_every = 1
     res = run_recipe(recipe, tmp_path, data=data)
@@ -322,7 +323,7 @@ def test_file_backed_folder_dataset_trains_with_prefetch(tmp_path):
     from PIL import Image
 
     from longtail.data.build import build_data
-    from longtail.engine.loop import Feeder
+    from longtail.engine.feeder import BatchLoader as Feeder
 
     rng = np.random.default_rng(0)
     root = tmp_path / "imgs"
@@ -341,7 +342,7 @@ def test_file_backed_folder_dataset_trains_with_prefetch(tmp_path):
     original = Feeder.fetch
 
     def spy(self, index, g, key):
-        loads.append(key in self.ahead and np.array_equal(self.ahead[key][0], index))
+        loads.append(key in self.next_batch and np.array_equal(self.next_batch[key][0], index))
         return original(self, index, g, key)
 
     Feeder.fetch = spy

@@ -20,8 +20,9 @@ from longtail.data.filestore import FileStore, centre_square
 from longtail.data.images import DataBundle, ImageSet
 from longtail.data.splitfile import INAT_MEAN
 from longtail.data.synthetic import natural_image
-from longtail.engine import loop
-from longtail.engine.loop import Feeder, StageContext
+from longtail.engine import passes
+from longtail.engine.context import StageContext
+from longtail.engine.feeder import BatchLoader as Feeder
 from longtail.engine.pipeline import run_recipe
 from longtail.engine.runtime import Runtime
 
@@ -236,13 +237,13 @@ def test_file_recipes_train_and_test_at_224_on_generated_jpegs(tmp_path, monkeyp
     for st in recipe.stages:
         st.epochs, st.batch_size = min(st.epochs, 1), 4
     seen = {"train": [], "eval": []}
-    fetch, predict = Feeder.fetch, loop.predict_batches
+    fetch, predict = Feeder.fetch, passes.predict_batches
     monkeypatch.setattr(Feeder, "fetch", lambda self, *a: seen["train"].append(tuple((b := fetch(self, *a)).x.shape)) or b)
 
     def spy(fn, batches, load, prepare):
         return predict(fn, batches, load, lambda loaded: seen["eval"].append(tuple((x := prepare(loaded)).shape)) or x)
 
-    monkeypatch.setattr(loop, "predict_batches", spy)
+    monkeypatch.setattr(passes, "predict_batches", spy)
     res = run_recipe(recipe, tmp_path / "run", data_root=str(tmp_path / "data"))
     assert seen["train"] and {s[1:] for s in seen["train"]} == {(3, 224, 224)}
     assert seen["eval"] and {s[1:] for s in seen["eval"]} == {(3, 224, 224)}

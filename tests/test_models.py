@@ -8,7 +8,6 @@ from longtail.models import (
     CosineHead,
     LinearHead,
     LinearNeck,
-    MultiHead,
     build_backbone,
     build_head,
     cifar_resnet,
@@ -182,18 +181,6 @@ def test_cosine_head_matches_hand_computation():
     assert torch.allclose(h(100 * x), expected, atol=1e-5)
     h.reset_parameters()
     assert not torch.equal(h.weight[0], torch.tensor([1.0, 0, 0, 0]))
-
-
-def test_multi_head_returns_dict():
-    mh = MultiHead({"a": LinearHead(6, 4), "b": CosineHead(6, 4)})
-    assert (mh.in_dim, mh.num_classes) == (6, 4)
-    out = mh(torch.randn(2, 6))
-    assert isinstance(out, dict) and set(out) == {"a", "b"}
-    assert all(v.shape == (2, 4) for v in out.values())
-    assert MultiHead({"a": LinearHead(6, 4), "b": LinearHead(6, 2)}).num_classes is None
-    with pytest.raises(ConfigError, match="in_dim"):
-        MultiHead({"a": LinearHead(6, 4), "b": LinearHead(5, 4)})
-    mh.reset_parameters()
 
 
 def test_linear_neck():

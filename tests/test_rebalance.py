@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from longtail.config import recipe_from_dict
 from longtail.engine.checkpoint import load_checkpoint
-from longtail.engine.loop import StageContext
+from longtail.engine.context import StageContext
 from longtail.engine.pipeline import run_recipe
 from longtail.engine.runtime import setup_runtime
 from longtail.errors import ConfigError
@@ -158,14 +158,14 @@ def test_tau_is_chosen_on_validation_only(run, data, tmp_path, monkeypatch):
     import dataclasses
 
     from longtail.data.images import ImageSet
-    from longtail.engine import loop
+    from longtail.engine import passes
     from longtail.methods.rebalance import PostHoc
 
     out, _ = run
     head = np.flatnonzero(data.test.labels < 3)
     val = ImageSet(type(data.test.store)(data.test.store.images[head]), data.test.labels[head], "val")
     bundle = dataclasses.replace(data, val=val)
-    seen, fitting, real_run_over, real_choose = [], [], loop.run_over, PostHoc.choose_tau
+    seen, fitting, real_run_over, real_choose = [], [], passes.predict_split, PostHoc.choose_tau
 
     def spy_run_over(ctx, model, split, fn):
         if fitting:
@@ -179,7 +179,7 @@ def test_tau_is_chosen_on_validation_only(run, data, tmp_path, monkeypatch):
         finally:
             fitting.pop()
 
-    monkeypatch.setattr(loop, "run_over", spy_run_over)
+    monkeypatch.setattr(passes, "predict_split", spy_run_over)
     monkeypatch.setattr(PostHoc, "choose_tau", spy_choose)
     (tmp_path / "ce").mkdir()
     (tmp_path / "ce" / "final.pt").write_bytes((out / "ce" / "final.pt").read_bytes())

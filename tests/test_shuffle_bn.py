@@ -132,7 +132,7 @@ def test_same_generator_same_keys_other_generator_other_groups():
 
 def test_recipe_rejects_a_bad_split_count():
     from longtail.config import recipe_from_dict
-    from longtail.engine.loop import StageContext
+    from longtail.engine.context import StageContext
     from longtail.engine.runtime import setup_runtime
     from longtail.errors import ConfigError
     from longtail.methods import get_method

@@ -9,11 +9,12 @@ from torch import nn
 
 from longtail.config import recipe_from_dict
 from longtail.engine.checkpoint import load_checkpoint
-from longtail.engine.loop import StageContext
+from longtail.engine.context import StageContext
 from longtail.engine.pipeline import run_recipe
 from longtail.engine.runtime import setup_runtime
 from longtail.methods import get_method
-from longtail.methods.ssd import kd_loss, rotation_batch
+from longtail.data.augment import random_rotate90
+from longtail.methods.ssd import kd_loss
 from longtail.models.moco import MoCo, info_nce, momentum_update
 
 AUG = [{"op": "random_crop", "size": 16, "padding": 2}, {"op": "random_hflip"}, {"op": "normalize"}]
@@ -66,7 +67,7 @@ def test_kd_gradient_reaches_only_soft_head_and_backbone(data):
 def test_rotation_labels_match_the_applied_rotation():
     x = torch.randn(64, 3, 8, 8)
     g = torch.Generator().manual_seed(0)
-    xr, k = rotation_batch(x, g)
+    xr, k = random_rotate90(x, g)
     assert set(k.tolist()) == {0, 1, 2, 3}
     for i in range(64):
         assert torch.equal(xr[i], torch.rot90(x[i], int(k[i]), dims=(1, 2)))
@@ -165,7 +166,8 @@ def test_moco_stage_runs_and_moves_the_key_encoder(data, tmp_path):
 
 
 def test_fresh_stages_get_their_own_init_seed_so_students_differ_from_teachers(data):
-    from longtail.engine.loop import build_stage_model, init_seed
+    from longtail.engine.context import init_seed
+    from longtail.engine.loop import build_stage_model
 
     r = ssd_recipe()
     seeds = {s: init_seed(r.runtime.seed, r.stage(s)) for s in ("stage1", "stage3")}
@@ -184,7 +186,7 @@ def test_fresh_stages_get_their_own_init_seed_so_students_differ_from_teachers(d
 
 
 def test_cbd_student_starts_from_other_weights_than_its_teacher(data):
-    from longtail.engine.loop import init_seed
+    from longtail.engine.context import init_seed
     from test_cbd import cbd_recipe
 
     r = cbd_recipe()

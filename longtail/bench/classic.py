@@ -12,7 +12,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from ..engine.loop import StageContext
+from ..engine.context import StageContext
 from ..methods import Batch, get_method
 from .stepcost import measure_stage
 
@@ -68,7 +68,7 @@ def classic_pipeline(ctx: StageContext, steps: int, warmup: int, workers: int) -
         x = x.to(rt.device, non_blocking=True)
         if rt.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return {"x": Batch(x, y.to(rt.device, non_blocking=True), torch.arange(len(y), device=rt.device), x)}
+        return {"x": Batch(x, y.to(rt.device, non_blocking=True), x)}
 
     res = measure_stage(get_method("ce")(ctx), batches, steps, warmup)
     return {**res, "loader_alone_images_per_s": round(loader_alone, 1), "workers": workers}

@@ -6,7 +6,7 @@ model, its teachers loaded by ``method.prepare``, channels_last) and times the e
 covers all of it: model, teachers, optimiser state and activations.
 
 ``method_costs`` does that for the methods of the README, from their CIFAR-100-LT recipes. Their
-batches come from the engine's ``Feeder`` (device transfer and batched augmentation, drawn once
+batches come from the engine's ``BatchLoader`` (device transfer and batched augmentation, drawn once
 before the clock starts); teachers have random weights, since the cost, not the accuracy, is measured.
 """
 from __future__ import annotations
@@ -23,7 +23,9 @@ from ..config import load_recipe, stage_refs
 from ..data.augment.mix import Mixer
 from ..data.images import DataBundle
 from ..engine.checkpoint import save_atomic
-from ..engine.loop import Feeder, StageContext, build_stage_model, train_step
+from ..engine.context import StageContext
+from ..engine.feeder import BatchLoader
+from ..engine.loop import build_stage_model, train_step
 from ..engine.optim import build_optimizer
 from ..engine.runtime import Runtime
 from ..methods import Batch, Method, get_method
@@ -100,9 +102,9 @@ def random_artifacts(ctx: StageContext, where: Path) -> dict[str, Path]:
 
 
 def feed_batches(method: Method, pool: int) -> Batches:
-    """``pool`` augmented batches per feed at random indices, made by the engine's Feeder, then cycled."""
+    """``pool`` augmented batches per feed at random indices, made by the engine's BatchLoader, then cycled."""
     ctx = method.ctx
-    feeder = Feeder(ctx.data.train, ctx.augment(ctx.stage.augment), ctx.runtime, 0, ctx.stage.name, 0, mixer=Mixer(ctx.stage.mix))
+    feeder = BatchLoader(ctx.data.train, ctx.augment(ctx.stage.augment), ctx.runtime, 0, ctx.stage.name, 0, mixer=Mixer(ctx.stage.mix))
     rng = np.random.default_rng(0)
     g = torch.Generator(device=ctx.runtime.device).manual_seed(0)
     n = len(ctx.data.train)

@@ -1,8 +1,18 @@
-"""Recipes on disk: lookup by name, YAML reading, ``extends:``, ``stage_defaults``, ``--set`` overrides."""
+"""Recipes: lookup by name, YAML reading, ``extends:``, ``stage_defaults``, ``--set`` overrides.
+
+Where names are looked up, first match wins: the folders given by ``--recipes DIR`` (:func:`add_recipe_dirs`),
+then those in ``$LONGTAIL_RECIPES`` (``os.pathsep``-separated), then the recipes that ship with longtail:
+package data ``longtail/recipes`` (read through :mod:`importlib.resources`) in an installed copy, the
+repository's ``recipes/`` in a source checkout or an editable install.
+"""
 from __future__ import annotations
 
 import copy
+import importlib.resources
+import os
 import re
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +25,99 @@ from .schema import Recipe, StageConfig
 from .stages import scale_epochs
 
 
-RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
+ENV_VAR = "LONGTAIL_RECIPES"
+_SOURCE_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _packaged_recipes_dir() -> Path:
+    """The shipped recipes: ``longtail/recipes`` package data (a wheel, ``pip install .``), else the
+    checkout's ``recipes/`` (a source checkout, an editable install). A missing folder is returned as is."""
+    try:
+        res = importlib.resources.files("longtail").joinpath("recipes")
+        if res.is_dir():
+            if isinstance(res, Path):
+                return res
+            return _extracted(res)  # a zipped install: one copy on disk per process, so relative extends work
+    except (ModuleNotFoundError, OSError, TypeError):
+        pass
+    source = _SOURCE_ROOT / "recipes"
+    if source.is_dir() and (_SOURCE_ROOT / "pyproject.toml").is_file():
+        return source
+    return Path(__file__).resolve().parents[1] / "recipes"
+
+
+def _extracted(res) -> Path:
+    out = Path(tempfile.mkdtemp(prefix="longtail-recipes-"))
+
+    def copy_tree(node, dest: Path):
+        for child in node.iterdir():
+            if child.is_dir():
+                (dest / child.name).mkdir()
+                copy_tree(child, dest / child.name)
+            elif child.name.endswith((".yaml", ".yml")):
+                (dest / child.name).write_bytes(child.read_bytes())
+
+    copy_tree(res, out)
+    import atexit
+
+    atexit.register(shutil.rmtree, out, True)
+    return out
+
+
+RECIPES_DIR = _packaged_recipes_dir()  # the recipes that ship with longtail
+_CLI_DIRS: list[Path] = []
+
+
+def set_recipe_dirs(dirs) -> None:
+    """Folders of user recipes (``longtail --recipes DIR``), searched before ``$LONGTAIL_RECIPES`` and the
+    shipped ones; replaces the folders set before."""
+    _CLI_DIRS[:] = [Path(d).expanduser() for d in dirs]
+
+
+def recipe_search_path() -> list[tuple[Path, str]]:
+    """``(folder, where it came from)`` in lookup order: ``--recipes``, ``$LONGTAIL_RECIPES``, the shipped ones."""
+    env = [Path(d).expanduser() for d in os.environ.get(ENV_VAR, "").split(os.pathsep) if d.strip()]
+    return ([(d, "--recipes") for d in _CLI_DIRS] + [(d, f"${ENV_VAR}") for d in env]
+            + [(RECIPES_DIR, "shipped with longtail")])
+
+
+def describe_search_path() -> str:
+    return ", ".join(f"{d} ({origin}{'' if d.is_dir() else ', missing'})" for d, origin in recipe_search_path())
+
+
+def _recipe_files(root: Path) -> dict[str, Path]:
+    """name -> file of the recipes under one folder; files and folders starting with ``_`` are bases, not listed."""
+    if not root.is_dir():
+        return {}
+    out = {}
+    for p in sorted(root.rglob("*.y*ml")):
+        rel = p.relative_to(root)
+        if p.suffix in (".yaml", ".yml") and p.is_file() and not any(part.startswith("_") for part in rel.parts):
+            out.setdefault(rel.with_suffix("").as_posix(), p)
+    return out
+
+
+def recipe_index() -> dict[str, Path]:
+    """Every recipe name the search finds -> the file it resolves to (the first folder that has it)."""
+    out: dict[str, Path] = {}
+    for root, _ in recipe_search_path():
+        for name, p in _recipe_files(root).items():
+            out.setdefault(name, p)
+    return dict(sorted(out.items()))
+
+
+def _find_named(name: str, exclude: tuple = ()) -> Path | None:
+    """The first file that a recipe name names along the search path (files in ``exclude`` skipped, so a
+    user recipe can shadow a shipped one of the same name and still ``extends:`` it)."""
+    stem = name[: -len(Path(name).suffix)] if Path(name).suffix in (".yaml", ".yml") else name
+    if not stem or Path(stem).is_absolute() or ".." in Path(stem).parts:  # a name stays inside its folder
+        return None
+    for root, _ in recipe_search_path():
+        for suffix in (".yaml", ".yml"):
+            candidate = root / f"{stem}{suffix}"
+            if candidate.is_file() and candidate.resolve() not in exclude:
+                return candidate
+    return None
 
 
 class _Loader(yaml.SafeLoader):
@@ -58,11 +160,7 @@ def _merge_stages(base: list, over: list) -> list:
 
 
 def available_recipes() -> list[str]:
-    return sorted(
-        str(p.relative_to(RECIPES_DIR).with_suffix(""))
-        for p in RECIPES_DIR.rglob("*.yaml")
-        if not any(part.startswith("_") for part in p.relative_to(RECIPES_DIR).parts)
-    )
+    return list(recipe_index())
 
 
 def resolve_recipe_path(name_or_path: str) -> Path:
@@ -71,12 +169,26 @@ def resolve_recipe_path(name_or_path: str) -> Path:
         if not p.is_file():
             raise ConfigError(f"recipe file {str(p)!r} does not exist")
         return p
-    candidate = RECIPES_DIR / f"{name_or_path}.yaml"
-    if candidate.is_file():
+    candidate = _find_named(name_or_path)
+    if candidate is not None:
         return candidate
     close = [r for r in available_recipes() if name_or_path.split("/")[-1] in r][:5]
-    hint = f"; similar: {', '.join(close)}" if close else "; run 'longtail recipes' for the list"
+    hint = f"; similar: {', '.join(close)}" if close else f"; looked in {describe_search_path()}"
     raise ConfigError(f"unknown recipe {name_or_path!r}{hint}")
+
+
+def _resolve_extends(parent: str, path: Path, seen: tuple) -> Path:
+    """``extends:`` a file relative to the extending one first (``../_base/cifar.yaml``), then a recipe
+    name along the search path (``cifar100-lt/ce``)."""
+    rel = path.parent / parent
+    for candidate in (rel, rel.with_name(rel.name + ".yaml")) if rel.suffix not in (".yaml", ".yml") else (rel,):
+        if candidate.is_file() and candidate.resolve() not in seen:
+            return candidate
+    found = _find_named(parent, exclude=seen) or (rel if rel.is_file() else _find_named(parent))
+    if found is not None:  # (a file already in the chain: _read_yaml reports the cycle)
+        return found
+    raise ConfigError(f"recipe {path}: extends: {parent!r} is neither a file next to it nor a recipe name "
+                      f"(looked in {describe_search_path()})")
 
 
 def _read_yaml(path: Path, seen: tuple = ()) -> dict:
@@ -97,8 +209,8 @@ def _read_yaml(path: Path, seen: tuple = ()) -> dict:
     if parent is not None and not isinstance(parent, str):
         raise ConfigError(f"recipe {path}: extends: expected a recipe name or a .yaml path, got {parent!r}")
     if parent:
-        base_path = (path.parent / parent) if str(parent).endswith((".yaml", ".yml")) else resolve_recipe_path(parent)
-        data = _merge(_read_yaml(base_path, seen + (path.resolve(),)), data)
+        chain = seen + (path.resolve(),)
+        data = _merge(_read_yaml(_resolve_extends(parent, path, chain), chain), data)
     return data
 
 

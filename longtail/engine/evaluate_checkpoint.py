@@ -7,7 +7,8 @@ from ..errors import CheckpointError, ConfigError
 from ..methods import get_method
 from ..models.classifier import load_exported
 from .checkpoint import load_checkpoint
-from .loop import StageContext, evaluate_split
+from .context import StageContext
+from .passes import evaluate_split
 from .runtime import setup_runtime
 
 

@@ -29,7 +29,8 @@ from ..config import Recipe, from_dict, stage_refs
 from ..data.images import DataBundle
 from ..errors import ConfigError
 from .checkpoint import load_checkpoint, remove_stale_temps, write_text_atomic
-from .loop import StageContext, init_seed, train_stage
+from .context import StageContext, init_seed
+from .loop import train_stage
 from .runtime import Runtime, code_hash, git_commit, setup_runtime
 
 

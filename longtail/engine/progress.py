@@ -5,7 +5,6 @@ import json
 import time
 from pathlib import Path
 
-from ..progress import ProgressBar, _fmt_time  # noqa: F401  (re-exported)
 
 
 class MetricLogger:

@@ -23,11 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.augment import rotate90
+from ..data.augment import random_rotate90, rotate90
 from ..errors import ConfigError
 from ..losses import class_ce
 from .base import Feed, Method, Term, add_aux, register, repeat_labels
-from .ssd import rotation_batch, unwrap
+from .base import unwrap
 
 
 @dataclass
@@ -83,7 +83,7 @@ class BalanceAux(Method):
         x = torch.cat([batch[name].x for name, _, _ in streams])
         copies = 1
         if self.p.rotation == "task":
-            x_rot, k = rotation_batch(x, g)
+            x_rot, k = random_rotate90(x, g)
             x = torch.cat([x, x_rot])
         elif self.p.rotation == "augment":
             # Every image in all four orientations, each keeping its class label.

@@ -24,12 +24,12 @@ from ..models.classifier import build_classifier, load_fitting
 
 @dataclass
 class Batch:
-    """One feed's share of a step: augmented (and perhaps mixed) input, labels, dataset indices, the raw
-    uint8 images, and where training stands (losses that change over the schedule, such as DRW, read it)."""
+    """One stream's share of a step: augmented (and perhaps mixed) input, labels, the raw uint8 images
+    (a tensor, or an ImageList of file images), and where training stands (losses that change over the
+    schedule, such as DRW, read it)."""
 
     x: torch.Tensor
     y: torch.Tensor
-    index: torch.Tensor
     raw: torch.Tensor
     epoch: int = 0  # the 0-based epoch of this step
     mix: MixedLabels | None = None  # set when x is a mix of two images: every loss scores both labels (losses.class_ce)

@@ -90,8 +90,6 @@ class PostHoc(AdjustedHead):
 
     def choose_tau(self, model) -> dict:
         """Score every tau of the grid on the validation split; keep the best (the smallest on ties)."""
-        from ..engine.loop import run_over
-
         adjuster = model.adjust[self.head_name]
         if self.p.tau is not None:
             adjuster.tau.fill_(self.p.tau)
@@ -102,7 +100,7 @@ class PostHoc(AdjustedHead):
                               f"set stages.{self.stage.name}.params.tau instead")
         head = model.heads[self.head_name]
         # One pass for features and raw logits; each tau is then a cheap re-scoring.
-        feats = run_over(self.ctx, model, val, lambda m, x: m.features(x))
+        feats = self.ctx.predict_split(model, val, lambda m, x: m.features(x))
         labels = torch.as_tensor(val.labels)
         raw = head(feats.to(next(head.parameters()).device)).float().cpu()
         per_class = np.bincount(val.labels, minlength=self.ctx.num_classes).clip(min=1)
@@ -159,10 +157,8 @@ class NearestClassMeanClassifier(PostHoc):
         return NearestClassMean(self.ctx.num_classes, model.feature_dim)
 
     def fit(self, model):
-        from ..engine.loop import run_over
-
         train = self.ctx.data.train
-        feats = F.normalize(run_over(self.ctx, model, train, lambda m, x: m.features(x)).float(), dim=1)
+        feats = F.normalize(self.ctx.predict_split(model, train, lambda m, x: m.features(x)).float(), dim=1)
         labels = torch.as_tensor(train.labels)
         means = torch.zeros(self.ctx.num_classes, feats.shape[1]).index_add_(0, labels, feats)
         means /= torch.bincount(labels, minlength=self.ctx.num_classes).clamp(min=1)[:, None]

@@ -39,11 +39,6 @@ def kd_loss(student_logits: torch.Tensor, soft_targets: torch.Tensor, T: float) 
     return -(T * T) * (soft_targets * F.log_softmax(student_logits / T, dim=1)).sum(dim=1).mean()
 
 
-def rotation_batch(x: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """A copy of each image rotated by k * 90 degrees, k drawn per image; k is the rotation label."""
-    return random_rotate90(x, g)
-
-
 @dataclass
 class SSLParams:
     self_sup: str = choice("rotation", "moco", "none")
@@ -94,7 +89,7 @@ class SSDSelfSupervised(Method):
         b, core = batch["x"], unwrap(model)
         n = len(b.y)
         if self.p.self_sup == "rotation":
-            x_rot, k = rotation_batch(b.x, g)
+            x_rot, k = random_rotate90(b.x, g)
             out = model(torch.cat([b.x, x_rot]))
             ce = class_ce(out["main"][:n], b)
             l_self = F.cross_entropy(core.aux["rotation"](out["feat"][n:]).float(), k)
@@ -163,10 +158,8 @@ class SSDDistill(Method):
     def report(self, model):
         """SSD Fig. 5: per-class sum of the teacher's soft labels over the training set, next to the
         original (instance) and class-balanced label distributions."""
-        from ..engine.loop import run_over
-
         train = self.ctx.data.train
-        p = run_over(self.ctx, self.teacher, train, lambda m, x: F.softmax(self.teacher_method.predict(m, x).float() / self.p.T, dim=1))
+        p = self.ctx.predict_split(self.teacher, train, lambda m, x: F.softmax(self.teacher_method.predict(m, x).float() / self.p.T, dim=1))
         counts = self.ctx.train_counts
         dist = {
             "original": [int(c) for c in counts],

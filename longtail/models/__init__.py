@@ -9,7 +9,7 @@ from torch import nn
 from longtail.errors import ConfigError
 from longtail.models import resnet as _resnet
 from longtail.models import resnet_cifar as _cifar
-from longtail.models.heads import CosineHead, LinearHead, LinearNeck, MultiHead
+from longtail.models.heads import CosineHead, LinearHead, LinearNeck
 from longtail.models.resnet import ResNet, load_torchvision_state_dict
 from longtail.models.resnet_cifar import CifarResNet, cifar_resnet
 
@@ -58,5 +58,5 @@ def build_head(kind: str, in_dim: int, num_classes: int, **kw) -> nn.Module:
 __all__ = [
     "BACKBONES", "HEADS", "build_backbone", "build_head",
     "CifarResNet", "cifar_resnet", "ResNet", "load_torchvision_state_dict",
-    "LinearHead", "CosineHead", "MultiHead", "LinearNeck",
+    "LinearHead", "CosineHead", "LinearNeck",
 ]

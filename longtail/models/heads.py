@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from longtail.errors import ConfigError
 
 
 class LinearHead(nn.Module):
@@ -51,31 +50,6 @@ class CosineHead(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_dim={self.in_dim}, num_classes={self.num_classes}, scale={float(self.scale):g}"
-
-
-class MultiHead(nn.ModuleDict):
-    """Several heads on the same feature; ``forward`` returns ``{name: logits}``.
-
-    ``num_classes`` is the shared class count, or None when the heads differ.
-    """
-
-    def __init__(self, heads: dict[str, nn.Module]):
-        if not heads:
-            raise ConfigError("MultiHead needs at least one head")
-        super().__init__(heads)
-        dims = {getattr(h, "in_dim", None) for h in heads.values()}
-        if len(dims) > 1:
-            raise ConfigError(f"MultiHead heads disagree on in_dim: {sorted(map(str, dims))}")
-        self.in_dim = dims.pop()
-        counts = {getattr(h, "num_classes", None) for h in heads.values()}
-        self.num_classes = counts.pop() if len(counts) == 1 else None
-
-    def reset_parameters(self) -> None:
-        for head in self.values():
-            head.reset_parameters()
-
-    def forward(self, feat: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {name: head(feat) for name, head in self.items()}
 
 
 class LinearNeck(nn.Sequential):

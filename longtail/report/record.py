@@ -84,8 +84,6 @@ class _Rows:
 
 def stage_record(method, model: nn.Module, ctx, test_logits: torch.Tensor) -> dict[str, np.ndarray]:
     """The arrays of ``report.npz`` for a finished stage; ``test_logits`` are the ones it was scored with."""
-    from ..engine.loop import run_over
-
     test, counts = ctx.data.test, np.asarray(ctx.train_counts)
     arrays = {
         "train_counts": counts.astype(np.int64),
@@ -105,7 +103,7 @@ def stage_record(method, model: nn.Module, ctx, test_logits: torch.Tensor) -> di
             rank[members] = np.arange(len(members))
         index = np.flatnonzero(keep & (rank < cap))
         if len(index):
-            feats = run_over(ctx, model, _Rows(test, index), lambda m, x: m.features(x))
+            feats = ctx.predict_split(model, _Rows(test, index), lambda m, x: m.features(x))
             arrays["features"] = feats.numpy().astype(np.float16)
             arrays["feature_labels"] = test.labels[index].astype(np.int64)
     return arrays

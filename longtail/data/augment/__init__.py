@@ -28,10 +28,10 @@ from .geometry import (center_crop, center_crop_resize, crop_offsets, crop_with_
                        resized_crop_with_boxes, rotate90)
 from .checks import LUMA_WEIGHTS
 from .perimage import ImageList, center_crop_resize_images, crop_resize_images, random_resized_crop_images
-from .pipeline import OP_TABLE, OPS, PRESETS, Augment
+from .pipeline import OP_TABLE, PRESETS, Augment
 
 __all__ = [
-    "LUMA_WEIGHTS", "OPS", "OP_TABLE", "PRESETS", "Augment", "ImageList", "JitterParams", "blur_params", "center_crop",
+    "LUMA_WEIGHTS", "OP_TABLE", "PRESETS", "Augment", "ImageList", "JitterParams", "blur_params", "center_crop",
     "center_crop_resize", "center_crop_resize_images", "color_jitter", "color_jitter_with", "crop_offsets",
     "crop_resize_images", "crop_with_offsets", "flip_mask", "gaussian_blur", "gaussian_blur_with", "gaussian_noise",
     "grayscale", "grayscale_mask", "grayscale_where", "hflip_where", "hsv_to_rgb", "jitter_params", "normalize",

@@ -155,7 +155,6 @@ OP_TABLE: dict[str, Op] = {
     "cutout": Op(policy.cutout, Cutout, True),
     "normalize": Op(color.normalize, Normalize, False),
 }
-OPS: dict[str, Callable[..., torch.Tensor]] = {name: op.fn for name, op in OP_TABLE.items()}
 
 #: Named specs. ``normalize`` steps take mean/std from the dataset; ``size`` is what
 #: :meth:`Augment.preset` may override (``data.crop_size``). Each recipe says whose transform it is.
@@ -269,7 +268,7 @@ def parse_step(index: int, step: Any, mean=None, std=None) -> tuple[str, dict[st
 class Augment:
     """A validated chain of augmentation ops.
 
-    Build it with :meth:`from_spec` (a recipe's list of ``{"op": name, ...}`` steps) or :meth:`preset`.
+    Build it from a recipe's list of ``{"op": name, ...}`` steps, or with :meth:`preset`.
     Calling it on a batch and a generator returns the augmented float batch. The batch is a uint8 or
     float tensor, or an :class:`~longtail.data.augment.ImageList` of images of different sizes, whose
     first op (the sizing one) then runs per image, before the rest run batched on the device.
@@ -280,12 +279,6 @@ class Augment:
         if isinstance(spec, (str, bytes, dict)) or not isinstance(spec, Sequence):
             raise ConfigError("augment spec must be a list of steps like {'op': name, ...}")
         self.steps: list[tuple[str, dict[str, Any]]] = [parse_step(i, s, mean, std) for i, s in enumerate(spec)]
-
-    @classmethod
-    def from_spec(cls, spec: Sequence[dict[str, Any]], mean: Sequence[float] | None = None,
-                  std: Sequence[float] | None = None) -> Augment:
-        """Build from spec steps; ``mean``/``std`` fill ``normalize`` steps that omit them."""
-        return cls(spec, mean, std)
 
     @classmethod
     def preset(cls, name: str, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
