@@ -1,4 +1,5 @@
 """The strong recipe's pieces: mixed labels, LDAM margins, DRW weights, experts, and exact resume with mixing."""
+import json
 import math
 from types import SimpleNamespace
 
@@ -211,3 +212,17 @@ def test_a_derived_stage_that_changes_method_drops_the_old_methods_params():
     r = load_recipe("cifar100-lt/strong_experts")
     assert r.stages[0].method == "experts_la" and r.stages[0].params == {"taus": [0.0, 1.0, 2.0]}
     assert load_recipe("cifar100-lt/strong").stages[0].params == {"tau": 1.0}  # same method: params merge as before
+
+
+@pytest.mark.parametrize("name", ["strong_distill", "strong_cbd"])
+def test_strong_compositions_train_a_student_from_the_strong_teacher(name, data, tmp_path):
+    r = load_recipe(f"cifar100-lt/{name}", ["data.dataset=synthetic", "model.backbone=resnet20", "runtime.device=cpu",
+                                            "runtime.amp=off", "runtime.progress=false", "runtime.tensorboard=false"], epochs_scale=0.01)
+    for s in r.stages:
+        s.batch_size, s.augment = 32, [{"op": "random_crop", "size": 16, "padding": 2}, {"op": "random_hflip"},
+                                       {"op": "autoaugment_cifar"}, {"op": "cutout", "size": 4}, {"op": "normalize"}]
+    res = run_recipe(r, tmp_path, data=data)
+    assert [s.name for s in r.stages] == ["ce", "student"]
+    parts = [json.loads(l) for l in (tmp_path / "student" / "metrics.jsonl").read_text().splitlines() if '"loss"' in l]
+    assert parts and {"la_loss/la_ce", "ssd_distill/kd" if name == "strong_distill" else "cbd/feat"} <= set(parts[-1])
+    assert res["final"]["stage"] == "student" and res["final"]["num_images"] == len(data.test)
