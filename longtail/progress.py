@@ -1,4 +1,14 @@
-"""A progress bar on stderr, for training stages and data preparation alike."""
+"""Progress on stderr, for training stages and data preparation alike.
+
+On a terminal, one bar redrawn in place. Redirected to a file (CI logs, ``nohup`` runs), the same
+text as plain lines, one after the first step, then at most one every ``log_every`` seconds, and one
+at the end: ``[ce] [########------------] 410/1000 15:47<22:43 2.31s/it loss 2.31`` (elapsed<ETA).
+
+Why not tqdm: it is not among longtail's dependencies (nor installed in the project's environment),
+and in a redirected stream it keeps writing its carriage-return redraws, so a log grows one ever
+longer line at each refresh unless every call site tunes ``mininterval`` / ``file``. A timed plain
+line reads cleanly in ``tail -f`` and ``grep``, and needs nothing new.
+"""
 from __future__ import annotations
 
 import sys
@@ -10,14 +20,23 @@ def _fmt_time(s: float) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60:02d}:{s % 60:02d}"
 
 
-class ProgressBar:
-    """One line per stage, redrawn in place on a terminal. Otherwise (CI logs, ``nohup`` runs) a line at
-    every ~10 % and at least every ``log_every`` seconds, so an hours-long stage shows it is alive."""
+def fmt_rate(steps_per_second: float) -> str:
+    """``12.34it/s``, or ``s/it`` below one step a second, where it/s would read 0.00 for slow steps."""
+    if steps_per_second >= 1.0:
+        return f"{steps_per_second:.2f}it/s"
+    return f"{1.0 / steps_per_second:.2f}s/it"
 
-    MIN_RATE_SECONDS = 5.0  # a rate over the first seconds (warm-up, a resume's first step) misleads
+
+class ProgressBar:
+    """``update`` after each step (or item); ``close`` at the end."""
+
+    # On a terminal the bar shows "?" over the first seconds, whose rate (warm-up, a resume's first
+    # step) misleads, and is soon redrawn. A log line stays: there a "?" would say nothing about a short
+    # stage, so it gives the rate from the segment's start as soon as one step is done.
+    MIN_RATE_SECONDS = 5.0
 
     def __init__(self, total: int, desc: str, start: int = 0, enabled: bool = True, stream=None,
-                 log_every: float = 60.0, clock=time.perf_counter):
+                 log_every: float = 30.0, clock=time.perf_counter):
         self.total, self.desc, self.n = total, desc, start
         self.start_n = start
         self.enabled = enabled
@@ -27,7 +46,7 @@ class ProgressBar:
         self.log_every = log_every
         self.t0 = clock()
         self.last_draw = self.t0
-        self.last_decile = -1
+        self.logged_n: int | None = None  # the step of the last log line
         self.postfix = ""
 
     def update(self, n: int = 1, **postfix) -> None:
@@ -37,28 +56,39 @@ class ProgressBar:
         if not self.enabled:
             return
         now = self.clock()
-        decile = 10 * self.n // max(1, self.total)
-        if self.tty and (now - self.last_draw > 0.2 or self.n >= self.total):
-            self._draw("\r", "")
-            self.last_draw = now
-        elif not self.tty and (decile != self.last_decile or now - self.last_draw >= self.log_every):
-            self._draw("", "\n")
-            self.last_decile, self.last_draw = decile, now
+        if self.tty:
+            if now - self.last_draw > 0.2 or self.n >= self.total:
+                self._draw(now)
+                self.last_draw = now
+        elif self.n > self.start_n and self.logged_n != self.n and (
+                self.logged_n is None or now - self.last_draw >= self.log_every or self.n >= self.total):
+            self._log(now)
 
-    def _draw(self, pre: str, post: str) -> None:
-        elapsed = self.clock() - self.t0
+    def _line(self, now: float, rate_after: float) -> str:
+        elapsed = now - self.t0
         frac = self.n / max(1, self.total)
         bar = "#" * int(20 * frac) + "-" * (20 - int(20 * frac))
-        if elapsed >= self.MIN_RATE_SECONDS and self.n > self.start_n:
-            rate = (self.n - self.start_n) / elapsed
-            timing = f"{_fmt_time(elapsed)}<{_fmt_time((self.total - self.n) / rate)} {rate:.2f}it/s"
+        if elapsed >= rate_after and self.n > self.start_n:
+            rate = (self.n - self.start_n) / max(elapsed, 1e-9)
+            timing = f"{_fmt_time(elapsed)}<{_fmt_time(max(0, self.total - self.n) / rate)} {fmt_rate(rate)}"
         else:
             timing = f"{_fmt_time(elapsed)}<? ?it/s"
-        line = f"{self.desc} [{bar}] {self.n}/{self.total} {timing} {self.postfix}"
-        self.stream.write(f"{pre}{line}{post}")
+        return f"{self.desc} [{bar}] {self.n}/{self.total} {timing} {self.postfix}".rstrip()
+
+    def _draw(self, now: float) -> None:
+        self.stream.write("\r" + self._line(now, self.MIN_RATE_SECONDS))
         self.stream.flush()
 
+    def _log(self, now: float) -> None:
+        self.stream.write(self._line(now, 0.0) + "\n")
+        self.stream.flush()
+        self.last_draw, self.logged_n = now, self.n
+
     def close(self) -> None:
-        if self.enabled and self.tty:
+        if not self.enabled:
+            return
+        if self.tty:
             self.stream.write("\n")
             self.stream.flush()
+        elif self.n > self.start_n and self.logged_n != self.n:  # ended short of total: still say where
+            self._log(self.clock())

@@ -12,8 +12,10 @@ from longtail.cli import main
 from longtail.config import recipe_from_dict
 from longtail.engine.checkpoint import load_checkpoint
 from longtail.engine.pipeline import run_recipe
+from longtail.report import plots
 from longtail.report.embed import PCA_LABEL, embed_2d, pick_classes
 from longtail.report.html import write_report
+from longtail.report.runs import load_run
 from longtail.report.record import dense_confusion, load_record
 
 AUG = [{"op": "random_crop", "size": 16, "padding": 2}, {"op": "random_hflip"}, {"op": "normalize"}]
@@ -49,7 +51,7 @@ def test_every_file_is_written(report):
     out, written = report
     names = {p.name for p in written}
     assert {"index.html", "report.md", "per_class_accuracy.png", "gain_crt.png", "weight_norms.png", "curves_ce.png",
-            "curves_crt.png", "features_ce.png", "confusions_ce.png", "confusions_crt.png"} <= names
+            "curves_crt.png", "features_ce.png", "confusions_ce.png", "confusions_crt.png", "stage_gain_crt_crt.png"} <= names
     assert "features_crt.png" not in names  # runtime.report_features=0 keeps no features
     assert all(p.is_file() and p.stat().st_size > 0 for p in written)
     assert {p.name for p in out.iterdir()} == names
@@ -78,6 +80,83 @@ def test_markdown_table_equals_results(report, runs):
         expected = ["n/a" if final[k] is None else f"{final[k]:.2f}" for k in ("top1", "many", "medium", "few")]
         assert numbers == expected
         assert final["many"] is None and numbers[1] == "n/a"  # no synthetic class has more than 100 images
+
+
+def test_stage_table_lists_every_stage_and_its_gain_over_the_first(report, runs, data):
+    out, _ = report
+    md = (out / "report.md").read_text()
+    assert "**crt (gains over ce)**" in md and "**ce (gains" not in md  # a one-stage run has nothing to compare
+    body = md.split("**crt (gains over ce)**")[1].split("\n## ")[0]
+    rows = {cells[0]: cells[1:] for cells in ([c.strip() for c in line.strip("|").split("|")]
+                                              for line in body.splitlines() if line.startswith("| ") and "---" not in line)}
+    stages = json.loads((runs[1] / "results.json").read_text())["stages"]
+    assert list(rows) == ["stage", "ce", "crt"]
+    for name in ("ce", "crt"):
+        assert rows[name][:4] == ["n/a" if stages[name][k] is None else f"{stages[name][k]:.2f}"
+                                  for k in ("top1", "many", "medium", "few")]
+    assert rows["ce"][4:] == ["—"] * 4
+    # by hand: the mean over a group's classes of (crt's accuracy - ce's), classes without test images left out
+    ce, crt, counts = stages["ce"]["per_class"], stages["crt"]["per_class"], data.train_counts.tolist()
+    groups = {"all": range(len(counts)), "many": [c for c, n in enumerate(counts) if n > 100],
+              "medium": [c for c, n in enumerate(counts) if 20 <= n <= 100], "few": [c for c, n in enumerate(counts) if n < 20]}
+    for cell, group in zip(rows["crt"][4:], groups.values(), strict=True):
+        diffs = [crt[c] - ce[c] for c in group if ce[c] is not None and crt[c] is not None]
+        if not diffs:
+            assert cell == "n/a"
+        else:
+            assert cell.startswith(("+", "-")) and float(cell) == pytest.approx(sum(diffs) / len(diffs), abs=0.005 + 1e-9)
+    assert rows["crt"][5] == "n/a" and rows["crt"][7] != "n/a"  # synthetic: no many-shot class, some few-shot ones
+
+
+def test_stage_gains_on_known_accuracies(runs, tmp_path):
+    """The tiny run's two stages may score alike; here per-class accuracies set by hand give non-zero gains."""
+    import shutil
+
+    run = tmp_path / "edited"
+    shutil.copytree(runs[1], run)
+    results = json.loads((run / "results.json").read_text())
+    # counts 100, 63, 39, 25, 15, 10: classes 0-3 medium, 4-5 few, none many; class 5 without test images
+    results["stages"]["ce"]["per_class"] = [80.0, 60.0, 40.0, 20.0, 10.0, None]
+    results["stages"]["crt"]["per_class"] = [70.0, 60.0, 50.0, 40.0, 30.0, None]
+    (run / "results.json").write_text(json.dumps(results))
+    write_report([run], tmp_path / "report", tsne_classes=0)
+    md = (tmp_path / "report" / "report.md").read_text()
+    crt_row = next(line for line in md.split("**edited (gains over ce)**")[1].splitlines() if line.startswith("| crt |"))
+    # all: (-10 + 0 + 10 + 20 + 20) / 5 = 8; medium: (-10 + 0 + 10 + 20) / 4 = 5; few: class 4 only, 20
+    assert [c.strip() for c in crt_row.strip("|").split("|")][5:] == ["+8.00", "n/a", "+5.00", "+20.00"]
+
+
+def test_per_class_plot_overlays_the_stages_on_plain_count_ticks(report, runs, data):
+    import matplotlib.image
+
+    plt = plots._pyplot()
+    ce = load_run(runs[0])
+    series = {ce.name: ce, **{v.name: v for v in load_run(runs[1]).stage_views()}}
+    assert list(series) == ["ce", "crt: ce", "crt: crt"]
+    fig, ax = plots.accuracy_vs_frequency_axes(plt, {k: {"train_counts": v.train_counts, "per_class": v.per_class}
+                                                     for k, v in series.items()})
+    fig.canvas.draw()
+    lines = {ln.get_label(): ln for ln in ax.get_lines()}
+    assert all(len(lines[k].get_xdata()) == data.num_classes for k in series)  # one point per class, each stage
+    major = [t.get_text() for t in ax.get_xticklabels()]
+    assert major and all(t.isdigit() for t in major), major
+    lo, hi = ax.get_xlim()
+    assert [int(t) for t in major] == [t for t in (1, 2, 5, 10, 20, 50, 100, 200, 500) if lo <= t <= hi]
+    assert all(t.get_text() == "" for t in ax.get_xticklabels(minor=True))
+    plt.close(fig)
+    # and the written figure is drawn: the lines' colours cover many pixels (the legend's samples alone a few
+    # dozen); summed over the three, as a later stage's line may hide an earlier one where they agree
+    png = report[0] / "per_class_accuracy.png"
+    rgb = matplotlib.image.imread(png)[..., :3]
+    wants = [np.array([int(c[i:i + 2], 16) / 255 for i in (1, 3, 5)]) for c in ("#1f77b4", "#ff7f0e", "#2ca02c")]
+    assert sum(int((np.abs(rgb - w).max(axis=-1) < 0.03).sum()) for w in wants) > 600, png
+
+
+def test_count_ticks_are_round_and_few():
+    assert plots.count_ticks(4, 600) == [5, 10, 20, 50, 100, 200, 500]
+    assert plots.count_ticks(1, 1000) == [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000]
+    assert plots.count_ticks(1, 100000) == [1, 10, 100, 1000, 10000, 100000]  # 1-3 steps would be 11 labels
+    assert plots.count_ticks(15.5, 18.7) == [16, 18]  # no round count inside: the ends, rounded in
 
 
 def test_train_time_record(runs, data):

@@ -54,7 +54,7 @@ class ModelConfig:
     cosine_learnable: bool = False  # learn gamma instead of fixing it
     neck_dim: int = 0  # > 0: a linear layer to this width after pooling (OLTR's 512-d FC)
     neck_relu: bool = False  # OLTR's 512-d FC is ReLU'd (F.relu(fc_add(x))); the BalanceAux recipes keep it
-    pretrained: str | None = None  # a local torchvision-format ResNet state dict
+    pretrained: str | None = None  # a local torchvision-format ResNet state dict, or "imagenet" (torchvision IMAGENET1K_V1, downloaded once, hash-checked)
     zero_init_residual: bool = False
     experts: int = 0  # > 1: a shared stem (conv1 + layer1) with this many later-stage branches and heads (BalPoE, RIDE); CIFAR ResNets only
 

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from longtail.errors import CheckpointError
+from longtail.models.pretrained import resolve_weights
 
 
 def _conv3x3(cin: int, cout: int, stride: int = 1, groups: int = 1) -> nn.Conv2d:
@@ -87,6 +88,7 @@ class ResNet(nn.Module):
         self.layer4 = self._make_layer(block, 512, layers[3], stride=2)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.feature_dim = 512 * block.expansion
+        self.arch: str | None = None  # set by the named builders: which published weights fit
 
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -121,33 +123,38 @@ class ResNet(nn.Module):
         return torch.flatten(self.avgpool(x), 1)
 
 
+def _named(model: ResNet, arch: str) -> ResNet:
+    model.arch = arch
+    return model
+
+
 def resnet10(zero_init_residual: bool = False) -> ResNet:
-    return ResNet(BasicBlock, [1, 1, 1, 1], zero_init_residual=zero_init_residual)
+    return _named(ResNet(BasicBlock, [1, 1, 1, 1], zero_init_residual=zero_init_residual), "resnet10")
 
 
 def resnet18(zero_init_residual: bool = False) -> ResNet:
-    return ResNet(BasicBlock, [2, 2, 2, 2], zero_init_residual=zero_init_residual)
+    return _named(ResNet(BasicBlock, [2, 2, 2, 2], zero_init_residual=zero_init_residual), "resnet18")
 
 
 def resnet34(zero_init_residual: bool = False) -> ResNet:
-    return ResNet(BasicBlock, [3, 4, 6, 3], zero_init_residual=zero_init_residual)
+    return _named(ResNet(BasicBlock, [3, 4, 6, 3], zero_init_residual=zero_init_residual), "resnet34")
 
 
 def resnet50(zero_init_residual: bool = False) -> ResNet:
-    return ResNet(Bottleneck, [3, 4, 6, 3], zero_init_residual=zero_init_residual)
+    return _named(ResNet(Bottleneck, [3, 4, 6, 3], zero_init_residual=zero_init_residual), "resnet50")
 
 
 def resnet101(zero_init_residual: bool = False) -> ResNet:
-    return ResNet(Bottleneck, [3, 4, 23, 3], zero_init_residual=zero_init_residual)
+    return _named(ResNet(Bottleneck, [3, 4, 23, 3], zero_init_residual=zero_init_residual), "resnet101")
 
 
 def resnet152(zero_init_residual: bool = False) -> ResNet:
-    return ResNet(Bottleneck, [3, 8, 36, 3], zero_init_residual=zero_init_residual)
+    return _named(ResNet(Bottleneck, [3, 8, 36, 3], zero_init_residual=zero_init_residual), "resnet152")
 
 
 def resnext50_32x4d(zero_init_residual: bool = False) -> ResNet:
-    return ResNet(Bottleneck, [3, 4, 6, 3], groups=32, width_per_group=4,
-                  zero_init_residual=zero_init_residual)
+    return _named(ResNet(Bottleneck, [3, 4, 6, 3], groups=32, width_per_group=4,
+                         zero_init_residual=zero_init_residual), "resnext50_32x4d")
 
 
 def _list(keys, limit: int = 5) -> str:
@@ -188,9 +195,10 @@ def load_torchvision_state_dict(model: nn.Module, path) -> list[str]:
 
     Accepts a raw state dict or one wrapped under 'state_dict' / 'model', with
     or without a DataParallel 'module.' prefix. Everything except ``fc.*`` must
-    match the model exactly. Returns the dropped keys.
+    match the model exactly. Returns the dropped keys. ``path`` may also name published weights
+    (``imagenet``, ``resnet18.IMAGENET1K_V1``): see :mod:`longtail.models.pretrained`.
     """
-    path = os.fspath(path)
+    path = resolve_weights(path, getattr(model, "arch", None))
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: checkpoint file not found")
     sd = _read_state_dict(path)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.groups import GROUPS, group_accuracy
 from ..errors import ConfigError
 from . import plots
 from .embed import embed_2d, pick_classes
@@ -59,6 +60,37 @@ def results_section(runs: list[RunView]) -> Section:
     return Section("Results", text, tables=[("", Table(["run", "stage", "overall", "many", "medium", "few"], rows))])
 
 
+def stage_gains(per_class: np.ndarray, first: np.ndarray, groups: dict[str, np.ndarray]) -> dict[str, float | None]:
+    """Mean per-class gain (points) over ``first``, over all classes and per shot group; classes without
+    test images (NaN) are left out, a group without classes is None."""
+    every = {"all": np.arange(len(per_class))}
+    return group_accuracy(np.asarray(per_class, dtype=float) - np.asarray(first, dtype=float), {**every, **groups})
+
+
+def _gain(v) -> str:
+    return "n/a" if v is None else f"{v:+.2f}"
+
+
+def stages_section(runs: list[RunView]) -> Section:
+    """Every stage of each multi-stage run side by side: the results table reports only the last."""
+    section = Section("Stages", "Each stage of a multi-stage run, up to the reported one: top-1 test accuracy (%), "
+                      "and its mean per-class gain over the run's first stage in points, over all classes and per "
+                      "shot group (classes without test images left out).")
+    headers = ["stage", "overall", "many", "medium", "few", "gain all", "gain many", "gain medium", "gain few"]
+    for r in runs:
+        views = r.stage_views()
+        if len(views) < 2:
+            continue
+        first = views[0].per_class
+        rows = []
+        for i, v in enumerate(views):
+            gains = stage_gains(v.per_class, first, r.groups)
+            row = [v.stage] + [_fmt(v.metrics.get(k)) for k in ("top1", *GROUPS)]
+            rows.append(row + (["—"] * 4 if i == 0 else [_gain(gains[k]) for k in ("all", *GROUPS)]))
+        section.tables.append((f"{r.name} (gains over {views[0].stage})", Table(headers, rows)))
+    return section
+
+
 def confusion_section(runs: list[RunView], out: Path, written: list) -> Section:
     section = Section("Most-confused class pairs", "Test images of the true class predicted as the other class, "
                       f"the {TOP_CONFUSIONS} largest off-diagonal cells of the confusion matrix.")
@@ -97,25 +129,44 @@ def tsne_section(runs: list[RunView], out: Path, written: list, n_classes: int) 
     return section
 
 
-def build_sections(runs: list[RunView], out: Path, tsne_classes: int) -> tuple[list[Section], list[Path]]:
+def _series(runs: list[RunView], all_stages: bool) -> dict[str, RunView]:
+    """The per-class plot's lines: each run, or each of its stages when it has several."""
+    out = {}
+    for r in runs:
+        views = r.stage_views() if all_stages else []
+        out.update({v.name: v for v in views} if len(views) > 1 else {r.name: r})
+    return out
+
+
+def build_sections(runs: list[RunView], out: Path, tsne_classes: int,
+                   all_stages: bool = True) -> tuple[list[Section], list[Path]]:
     written: list[Path] = []
     many, few = runs[0].thresholds
     base = runs[0]
-    sections = [results_section(runs)]
+    sections = [results_section(runs), stages_section(runs)]
 
+    lines = _series(runs, all_stages)
     acc = Section("Per-class accuracy against training frequency",
-                  "One dot per class; the line is a running mean over neighbouring classes.")
+                  "One dot per class; the line is a running mean over neighbouring classes"
+                  + ("; every stage of a multi-stage run." if len(lines) > len(runs) else "."))
     _draw(acc, written, out, "per_class_accuracy.png", lambda path: plots.plot_accuracy_vs_frequency(
-        {r.name: {"train_counts": r.train_counts, "per_class": r.per_class} for r in runs}, path, many, few))
+        {name: {"train_counts": r.train_counts, "per_class": r.per_class} for name, r in lines.items()}, path, many, few))
     sections.append(acc)
 
-    gain = Section("Per-class accuracy gain", f"Each run's per-class accuracy minus the baseline's ({base.name}); "
-                   "dashed: the group's mean gain (BalanceAux, Fig. 3).")
+    gain = Section("Per-class accuracy gain", f"Each run's per-class accuracy minus the baseline's ({base.name}), "
+                   "and each later stage's minus its run's first stage; dashed: the group's mean gain "
+                   "(BalanceAux, Fig. 3).")
     for r in runs[1:]:
         if len(r.per_class) != len(base.per_class):
             continue  # different datasets: no per-class comparison
         _draw(gain, written, out, f"gain_{_slug(r.name)}.png", lambda path: plots.plot_accuracy_gain(
             r.train_counts, r.per_class - base.per_class, path, f"{r.name} vs {base.name}", many, few))
+    for r in runs if all_stages else []:
+        first, *later = r.stage_views() or [r]
+        for v in later:
+            title = f"{r.name}: {v.stage} vs {first.stage}"
+            _draw(gain, written, out, f"stage_gain_{_slug(r.name)}_{_slug(v.stage)}.png", lambda path: (
+                plots.plot_accuracy_gain(r.train_counts, v.per_class - first.per_class, path, title, many, few)))
     sections.append(gain)
 
     with_norms = {r.name: {"train_counts": r.train_counts, "classifier_weight_norms": r.record["weight_norms"]}
@@ -191,14 +242,17 @@ def render_markdown(sections: list[Section], title: str) -> str:
     return "\n".join(lines)
 
 
-def write_report(runs: list[Path], out: Path, baseline: str | None = None, tsne_classes: int = 9) -> list[Path]:
-    """Write ``index.html``, ``report.md`` and their PNGs into ``out``; return every file written."""
+def write_report(runs: list[Path], out: Path, baseline: str | None = None, tsne_classes: int = 9,
+                 all_stages: bool = True) -> list[Path]:
+    """Write ``index.html``, ``report.md`` and their PNGs into ``out``; return every file written.
+    ``all_stages``: compare every stage of a multi-stage run (table, overlaid per-class plot, gain plots),
+    not only the reported one."""
     if plots._pyplot() is None:
         raise ConfigError("longtail report draws with matplotlib, which is not installed (pip install matplotlib)")
     views = load_runs(runs, baseline)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    sections, pngs = build_sections(views, out, tsne_classes)
+    sections, pngs = build_sections(views, out, tsne_classes, all_stages)
     title = "longtail report: " + ", ".join(r.name for r in views)
     (out / "index.html").write_text(render_html(sections, title))
     (out / "report.md").write_text(render_markdown(sections, title))

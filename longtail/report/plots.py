@@ -95,19 +95,46 @@ def _smooth(y: np.ndarray, window: int) -> np.ndarray:
     return np.where(den > 0, num / np.maximum(den, 1), np.nan)
 
 
-def plot_accuracy_vs_frequency(runs: dict[str, dict], path: Path, many: int = 100, few: int = 20) -> str | None:
-    """Per-class test accuracy against training images (log axis): a dot per class and a running mean
-    over neighbouring classes per run. ``runs``: name -> {"train_counts", "per_class"}."""
-    plt = _pyplot()
-    if plt is None:
-        return None
+COUNT_MANTISSAS = ((1, 2, 5), (1, 3), (1,))
+MAX_TICKS = 10
+
+
+def count_ticks(lo: float, hi: float) -> list[int]:
+    """Plain counts (1, 2, 5, 10, 20, 50, ...) inside ``[lo, hi]`` for a log axis of training images.
+
+    Matplotlib's own log labels read "3x10^1 4x10^1" and run into each other once minor ticks get
+    labels over a short range; round counts say what a reader wants: how many images. Coarser steps
+    are used when the range is wide, so that at most ``MAX_TICKS`` labels share the axis."""
+    lo, hi = max(lo, 1.0), max(hi, 1.0)
+    decades = range(int(np.floor(np.log10(lo))), int(np.ceil(np.log10(hi))) + 1)
+    ticks: list[int] = []
+    for mantissas in COUNT_MANTISSAS:
+        ticks = [m * 10 ** e for e in decades for m in mantissas if lo <= m * 10 ** e <= hi]
+        if len(ticks) <= MAX_TICKS:
+            break
+    if len(ticks) < 2:  # a narrow range holds at most one round count: label its ends as well
+        ticks = sorted({t for t in (*ticks, int(np.ceil(lo)), int(np.floor(hi))) if lo <= t <= hi})
+    return ticks
+
+
+def _count_axis(ax) -> None:
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+
+    ax.xaxis.set_major_locator(FixedLocator(count_ticks(*ax.get_xlim())))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: str(int(round(v)))))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def accuracy_vs_frequency_axes(plt, runs: dict[str, dict], many: int = 100, few: int = 20):
+    """The figure of :func:`plot_accuracy_vs_frequency`, unsaved: ``(fig, ax)``."""
     fig, ax = plt.subplots(figsize=(7.5, 4), dpi=110)
+    alpha = 0.35 if len(runs) <= 2 else 0.2  # overlaid stages: the running means stay readable
     for i, (name, r) in enumerate(runs.items()):
         counts = np.asarray(r["train_counts"], dtype=float)
         order = np.argsort(counts, kind="stable")
         x, y = counts[order], np.asarray(r["per_class"], dtype=float)[order]
-        colour = f"C{i}"
-        ax.scatter(x, y, s=9, alpha=0.35, color=colour, linewidths=0)
+        colour = f"C{i % 10}"
+        ax.scatter(x, y, s=9, alpha=alpha, color=colour, linewidths=0)
         ax.plot(x, _smooth(y, max(3, len(x) // 10) | 1), color=colour, linewidth=2, label=name)
     ax.set_xscale("log")
     for t in (few, many):
@@ -118,11 +145,22 @@ def plot_accuracy_vs_frequency(runs: dict[str, dict], path: Path, many: int = 10
             ax.text(np.sqrt(max(a, lo) * min(b, hi)), 1.0, group, transform=ax.get_xaxis_transform(), ha="center",
                     va="bottom", fontsize=8, color=GROUP_COLOURS[group])
     ax.set_xlim(lo, hi)
+    _count_axis(ax)
     ax.set_ylim(-3, 103)
     ax.set_xlabel("training images of the class (log scale)")
     ax.set_ylabel("test accuracy of the class (%)")
     ax.set_title("Per-class accuracy against training frequency (line: running mean over classes)", fontsize=10, pad=14)
     ax.legend(loc="upper left", fontsize=8)
+    return fig, ax
+
+
+def plot_accuracy_vs_frequency(runs: dict[str, dict], path: Path, many: int = 100, few: int = 20) -> str | None:
+    """Per-class test accuracy against training images (log axis): a dot per class and a running mean
+    over neighbouring classes per run (or stage). ``runs``: name -> {"train_counts", "per_class"}."""
+    plt = _pyplot()
+    if plt is None:
+        return None
+    fig, _ = accuracy_vs_frequency_axes(plt, runs, many, few)
     return _save(plt, fig, path)
 
 

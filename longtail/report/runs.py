@@ -92,6 +92,17 @@ class RunView:
             return [str(n) for n in self.record["class_names"]]
         return [str(c) for c in range(len(self.train_counts))]
 
+    def stage_views(self) -> list[RunView]:
+        """This run's stages up to the reported one, in training order, each a view of its own (those
+        with per-class results only: the comparisons are per class)."""
+        views = []
+        for name, m in self.results["stages"].items():
+            if m.get("per_class") is not None:
+                views.append(RunView(f"{self.name}: {name}", self.run_dir, name, self.results))
+            if name == self.stage:
+                break
+        return views
+
     def label_distribution(self) -> dict | None:
         """SSD Fig. 5 data: the last stage up to the reported one that recorded it."""
         found = None
