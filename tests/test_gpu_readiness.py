@@ -108,3 +108,47 @@ def test_two_gloo_ranks_fetch_a_missing_archive_once(tmp_path):
     mp.spawn(_download_worker, args=(2, _free_port(), tmp_path), nprocs=2, join=True)
     assert [(tmp_path / f"rank{r}").read_text() for r in (0, 1)] == ["1 archive bytes", "0 archive bytes"]
     assert not list(tmp_path.glob("*.part"))
+
+
+@pytest.mark.parametrize("recipe_name,stage", [("cifar100-lt/ce", "ce"), ("cifar100-lt/ssd", "stage1"), ("cifar100-lt/strong", "ce")])
+def test_a_training_step_makes_no_host_sync_except_at_logging(recipe_name, stage, tmp_path, monkeypatch):
+    """Counted through the engine with a dispatch mode (.item() / nonzero): only logging steps read back.
+    The augmentation policies run as they do off the CPU (``dense``: no gather by a host-side count)."""
+    import functools
+
+    from longtail.bench.syncs import count_syncs
+    from longtail.data.augment import policy
+
+    monkeypatch.setattr(policy, "apply_slots", functools.partial(policy.apply_slots, dense=True))
+    from longtail.config import load_recipe
+    from longtail.data.synthetic import synthetic_bundle
+    from longtail.engine.loop import LOG_EVERY
+
+    data = synthetic_bundle(num_classes=6, max_per_class=100, imbalance=10, size=16)
+    r = load_recipe(recipe_name, ["data.dataset=synthetic", "model.backbone=resnet20", "runtime.device=cpu", "runtime.amp=off",
+                                  "runtime.progress=false", "runtime.tensorboard=false"])
+    r.stages = [s for s in r.stages if s.name == stage]
+    s = r.stages[0]
+    s.epochs, s.batch_size = 1, 8
+    s.augment = [{"op": "random_crop", "size": 16, "padding": 2}, {"op": "random_hflip"}] + (
+        [{"op": "autoaugment_cifar"}, {"op": "cutout", "size": 4}] if recipe_name.endswith("strong") else []) + [{"op": "normalize"}]
+    per_step = count_syncs(r, data, tmp_path)
+    steps = -(-len(data.train) // 8)
+    assert len(per_step) == steps >= 30
+    logging = {i for i in range(steps) if (i + 1) % LOG_EVERY == 0 or i + 1 == steps}
+    assert [i for i, n in enumerate(per_step) if n and i not in logging] == []
+    assert all(per_step[i] > 0 for i in logging)  # the counter sees the read-backs it should
+
+
+@pytest.mark.parametrize("name", ["autoaugment_cifar", "randaugment"])
+def test_the_sync_free_policy_path_gives_the_same_images(name, monkeypatch):
+    """dense (the GPU default: every op on every image, torch.where keeps the drawn one) equals the gathered path."""
+    import functools
+
+    from longtail.data.augment import policy
+
+    x, outs, real = torch.rand(64, 3, 16, 16), [], policy.apply_slots
+    for dense in (False, True):
+        monkeypatch.setattr(policy, "apply_slots", functools.partial(real, dense=dense))
+        outs.append(getattr(policy, name)(x, torch.Generator().manual_seed(3)))
+    assert torch.equal(outs[0], outs[1]) and not torch.equal(outs[0], x)

@@ -43,18 +43,24 @@ def op_fns(fill: float = FILL, shear: str = "bicubic", move: str = "nearest") ->
 
 
 def apply_slots(x: torch.Tensor, kind: torch.Tensor, arg: torch.Tensor, fire: torch.Tensor,
-                fns: Sequence[OpFn]) -> torch.Tensor:
+                fns: Sequence[OpFn], dense: bool | None = None) -> torch.Tensor:
     """Run op slot after slot; in slot s image n gets ``fns[kind[n, s]]`` with ``arg[n, s]`` if ``fire[n, s]``.
 
     One image takes one op per slot, so the kinds of a slot touch disjoint rows: each gathers its
     images, transforms them and writes them back in place (into one copy of the input), with no
-    loop over images. A kind nobody drew costs nothing (on a GPU the emptiness test is one sync
-    per kind and slot).
+    loop over images. A kind nobody drew costs nothing. That gather needs the count on the host, a
+    sync per kind and slot on a GPU, so there (``dense``, the default off the CPU) every image goes
+    through every kind and ``torch.where`` keeps the drawn one: more arithmetic, no sync.
     """
     x = x.clone()
+    dense = x.device.type != "cpu" if dense is None else dense
     for slot in range(kind.shape[1]):
         for k, fn in enumerate(fns):
-            idx = torch.nonzero(fire[:, slot] & (kind[:, slot] == k)).squeeze(1)
+            chosen = fire[:, slot] & (kind[:, slot] == k)
+            if dense:  # no host sync: every image through the op, kept only where it was drawn
+                x = torch.where(chosen.view(-1, 1, 1, 1), fn(x, arg[:, slot]), x)
+                continue
+            idx = torch.nonzero(chosen).squeeze(1)
             if idx.numel():
                 x.index_copy_(0, idx, fn(x.index_select(0, idx), arg[idx, slot]))
     return x

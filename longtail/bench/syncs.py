@@ -1,0 +1,74 @@
+"""Host syncs per training step, through the real engine: the calls that make the host wait for the device.
+
+On CUDA, ``torch.cuda.set_sync_debug_mode("warn")`` warns at every synchronising call; on the CPU, where
+nothing waits, a ``TorchDispatchMode`` counts the ops that would (``_local_scalar_dense`` behind
+``.item()``, and ``nonzero``, whose output size needs the data). Steps are told apart by the engine's one
+call of ``lr_at`` per step, and counting stops when the stage reaches ``finish_stage``. A clean loop shows
+counts only at its logging steps (every ``LOG_EVERY``, and each epoch's last).
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+SYNC_OPS = ("aten._local_scalar_dense", "aten.nonzero", "aten.item")
+
+
+class _Tally:
+    def __init__(self):
+        self.per_step: list[int] = []
+        self.active = False
+
+    def bump(self) -> None:
+        if self.active and self.per_step:
+            self.per_step[-1] += 1
+
+
+class _CpuSyncs(TorchDispatchMode):
+    def __init__(self, tally: _Tally):
+        super().__init__()
+        self.tally = tally
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if str(func.overloadpacket) in SYNC_OPS:
+            self.tally.bump()
+        return func(*args, **(kwargs or {}))
+
+
+def count_syncs(recipe, data, out_dir: Path) -> list[int]:
+    """Train ``recipe`` (size it beforehand) and return the syncs counted in each training step, in order."""
+    from ..engine import loop
+    from ..engine.pipeline import run_recipe
+
+    tally, real_lr_at, real_finish = _Tally(), loop.lr_at, loop.finish_stage
+
+    def marking_lr_at(*a, **k):  # once per step, before the step's own work reaches the device
+        tally.active = True
+        tally.per_step.append(0)
+        return real_lr_at(*a, **k)
+
+    def finishing(*a, **k):
+        tally.active = False
+        return real_finish(*a, **k)
+
+    loop.lr_at, loop.finish_stage = marking_lr_at, finishing
+    device = recipe.runtime.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    cuda = torch.device(device).type == "cuda"
+    show = warnings.showwarning
+    try:
+        if cuda:
+            torch.cuda.set_sync_debug_mode("warn")
+            warnings.simplefilter("always")
+            warnings.showwarning = lambda message, *a, **k: tally.bump() if "synchroniz" in str(message) else show(message, *a, **k)
+            run_recipe(recipe, out_dir, data=data)
+        else:
+            with _CpuSyncs(tally):
+                run_recipe(recipe, out_dir, data=data)
+    finally:
+        loop.lr_at, loop.finish_stage, warnings.showwarning = real_lr_at, real_finish, show
+        if cuda:
+            torch.cuda.set_sync_debug_mode(0)
+    return tally.per_step
