@@ -152,3 +152,21 @@ def test_the_sync_free_policy_path_gives_the_same_images(name, monkeypatch):
         monkeypatch.setattr(policy, "apply_slots", functools.partial(real, dense=dense))
         outs.append(getattr(policy, name)(x, torch.Generator().manual_seed(3)))
     assert torch.equal(outs[0], outs[1]) and not torch.equal(outs[0], x)
+
+
+def test_the_prepared_device_check_dry_run_passes(tmp_path):
+    """benchmarks/gpu_check.sh --dry-run: every step of the device check on this CPU at toy sizes."""
+    import json
+    import subprocess
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    r = subprocess.run(["bash", str(repo / "benchmarks" / "gpu_check.sh"), "--dry-run"], capture_output=True, text=True,
+                       env={**os.environ, "OUT": str(tmp_path), "OMP_NUM_THREADS": "1"}, timeout=1800)
+    log = (tmp_path / "gpu_check.log").read_text()
+    assert r.returncode == 0, log[-2000:]
+    assert "done: 0 step(s) failed" in log
+    syncs = json.loads((tmp_path / "syncs-cpu.json").read_text())
+    assert set(syncs) == {"cifar100-lt/ce:ce", "cifar100-lt/ssd:stage1", "cifar100-lt/strong:ce"}
+    assert all(v["steps"] >= 30 for v in syncs.values())
+    assert (tmp_path / "throughput-cpu.json").is_file() and (tmp_path / "ce-s0" / "results.json").is_file()

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# The prepared device check (issue 30): one command for one device call of at most 9 minutes, writing each
+# result as soon as it has it, under $OUT (the device tool's folder) or results/gpu-check/.
+#   bash benchmarks/gpu_check.sh              # on the GPU machine: device cuda, the CIFAR-100-LT pack
+#   bash benchmarks/gpu_check.sh --dry-run    # the same steps on this CPU at toy sizes (CI runs it)
+# Steps, in order: 1 host syncs per step (ce, SSD stage I, strong); 2 bench throughput (the loop against the
+# model alone); 3 cifar100-lt/ce at full schedule, then ssd if time allows (against the committed CPU rows);
+# 4 bench data. Each step has its own time budget, so one that hangs cannot take the rest with it.
+# Data: benchmarks/data/cifar100-lt-if100-pack.tar.xz (benchmarks/make_gpu_pack.py; carried to the device
+# with the tracked tree, 64 MiB in all), unpacked into a data root on the machine.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+dry=0; [ "${1:-}" = "--dry-run" ] && dry=1
+out=${OUT:-results/gpu-check}; mkdir -p "$out"
+py=${PYTHON:-python}
+[ -x .venv/bin/python ] && py=.venv/bin/python
+log() { echo "$(date -u +%FT%TZ) $*" | tee -a "$out/gpu_check.log"; }
+failed=0
+# Each step under its own budget (a dry run's are x4: a busy CI box, and no device clock to save).
+run() { local budget=$1; shift; [ $dry = 1 ] && budget=$((budget * 4)); log "start ($budget s): $*"
+        timeout "$budget" "$@" >>"$out/gpu_check.log" 2>&1; local rc=$?; log "rc=$rc: $*"; [ $rc = 0 ] || failed=$((failed + 1)); return 0; }
+
+if [ $dry = 1 ]; then
+  dev=cpu; data=(--set data.dataset=synthetic --set model.backbone=resnet20); scale=(--epochs-scale 0.005); tq=(--quick --synthetic --batch 16)
+else
+  dev=cuda; root=$(mktemp -d); tar -xJf benchmarks/data/cifar100-lt-if100-pack.tar.xz -C "$root"
+  export LONGTAIL_DATA=$root; data=(); scale=(); tq=()
+fi
+"$py" - <<PY >"$out/env.json" 2>&1
+import json, platform, torch
+print(json.dumps({"torch": torch.__version__, "cuda": torch.cuda.is_available(),
+                  "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor(),
+                  "dry_run": bool($dry)}))
+PY
+log "env: $(cat "$out/env.json")"
+
+# 1. host syncs per training step
+run 120 "$py" - "$dev" "$out" "$dry" <<'PY'
+import json, sys, tempfile
+from pathlib import Path
+from longtail.bench.syncs import count_syncs
+from longtail.config import load_recipe
+from longtail.data.synthetic import synthetic_bundle
+dev, out, dry = sys.argv[1], Path(sys.argv[2]), sys.argv[3] == "1"
+data = synthetic_bundle(num_classes=6, max_per_class=100, imbalance=10, size=16) if dry else None
+res = {}
+for name, stage in (("cifar100-lt/ce", "ce"), ("cifar100-lt/ssd", "stage1"), ("cifar100-lt/strong", "ce")):
+    over = [f"runtime.device={dev}", "runtime.progress=false", "runtime.tensorboard=false"]
+    over += ["data.dataset=synthetic", "model.backbone=resnet20", "runtime.amp=off"] if dry else []
+    r = load_recipe(name, over)
+    r.stages = [s for s in r.stages if s.name == stage]
+    s = r.stages[0]
+    s.epochs = 1  # 85 steps of 128 on CIFAR-100-LT; 31 of 8 on the toy set
+    if dry:
+        s.batch_size, s.augment = 8, [{"op": "random_crop", "size": 16, "padding": 2}, {"op": "random_hflip"}, {"op": "normalize"}]
+    with tempfile.TemporaryDirectory() as d:
+        per_step = count_syncs(r, data, Path(d))
+    res[f"{name}:{stage}"] = {"steps": len(per_step), "syncs_per_step": per_step}
+    (out / f"syncs-{dev}.json").write_text(json.dumps(res, indent=1))
+print(json.dumps({k: sum(v["syncs_per_step"]) for k, v in res.items()}))
+PY
+
+# 2. throughput: the loop against the model alone
+run 150 "$py" -m longtail bench throughput --device "$dev" --results "$out" "${tq[@]}"
+
+# 3. full-schedule CE (then SSD while time is left), against the committed CPU rows
+run 330 "$py" -m longtail train cifar100-lt/ce --device "$dev" --out "$out/ce-s0" "${data[@]}" "${scale[@]}" --set runtime.tensorboard=false
+[ $dry = 1 ] && run 60 "$py" -m longtail train cifar100-lt/ssd --device "$dev" --out "$out/ssd-s0" "${data[@]}" "${scale[@]}" --set runtime.tensorboard=false
+
+# 4. file-image pipeline with the device decoder
+if [ $dry = 1 ]; then bd=(--images 16 --generate 16 --steps 1); else bd=(--images 64 --generate 64); fi
+run 60 "$py" -m longtail bench data --device "$dev" --results "$out" "${bd[@]}"
+log "done: $failed step(s) failed"
+[ $failed = 0 ]
