@@ -14,14 +14,22 @@ from longtail.methods.ce import CrossEntropy
 
 
 class RecordingCE(CrossEntropy):
-    """CE that writes down which dataset indices this rank trained on."""
+    """CE on a rank; the dataset indices it trained on are written down where the engine fetches them."""
 
     name = "ce_record"
     seen: list = []
 
-    def loss(self, model, batch, g):
-        RecordingCE.seen.append(batch["x"].index.cpu().numpy())
-        return super().loss(model, batch, g)
+
+def _record_fetches() -> None:
+    from longtail.engine.feeder import BatchLoader
+
+    fetch = BatchLoader.fetch
+
+    def recording(self, index, g, key):
+        RecordingCE.seen.append(np.asarray(index).copy())
+        return fetch(self, index, g, key)
+
+    BatchLoader.fetch = recording
 
 
 def _free_port() -> int:
@@ -35,6 +43,7 @@ def _worker(rank, world, port, out, batch=32):
                       MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
     torch.set_num_threads(1)
     METHODS["ce_record"] = RecordingCE
+    _record_fetches()
     from test_engine import tiny_recipe  # noqa: E402  (same tiny recipe as the engine tests)
     from longtail.engine.pipeline import run_recipe
 
