@@ -68,7 +68,7 @@ run 330 "$py" -m longtail train cifar100-lt/ce --device "$dev" --out "$out/ce-s0
 [ $dry = 1 ] && run 60 "$py" -m longtail train cifar100-lt/ssd --device "$dev" --out "$out/ssd-s0" "${data[@]}" "${scale[@]}" --set runtime.tensorboard=false
 
 # 4. file-image pipeline with the device decoder
-if [ $dry = 1 ]; then bd=(--images 16 --generate 16 --steps 1); else bd=(--images 64 --generate 64); fi
+if [ $dry = 1 ]; then bd=(--images 64 --generate 64 --steps 1); else bd=(--images 64 --generate 64); fi
 run 60 "$py" -m longtail bench data --device "$dev" --results "$out" "${bd[@]}"
 log "done: $failed step(s) failed"
 [ $failed = 0 ]
