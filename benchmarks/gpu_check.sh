@@ -38,21 +38,13 @@ log "env: $(cat "$out/env.json")"
 run 120 "$py" - "$dev" "$out" "$dry" <<'PY'
 import json, sys, tempfile
 from pathlib import Path
-from longtail.bench.syncs import count_syncs
-from longtail.config import load_recipe
+from longtail.bench.syncs import CHECKED, count_syncs, one_epoch
 from longtail.data.synthetic import synthetic_bundle
 dev, out, dry = sys.argv[1], Path(sys.argv[2]), sys.argv[3] == "1"
 data = synthetic_bundle(num_classes=6, max_per_class=100, imbalance=10, size=16) if dry else None
 res = {}
-for name, stage in (("cifar100-lt/ce", "ce"), ("cifar100-lt/ssd", "stage1"), ("cifar100-lt/strong", "ce")):
-    over = [f"runtime.device={dev}", "runtime.progress=false", "runtime.tensorboard=false"]
-    over += ["data.dataset=synthetic", "model.backbone=resnet20", "runtime.amp=off"] if dry else []
-    r = load_recipe(name, over)
-    r.stages = [s for s in r.stages if s.name == stage]
-    s = r.stages[0]
-    s.epochs = 1  # 85 steps of 128 on CIFAR-100-LT; 31 of 8 on the toy set
-    if dry:
-        s.batch_size, s.augment = 8, [{"op": "random_crop", "size": 16, "padding": 2}, {"op": "random_hflip"}, {"op": "normalize"}]
+for name, stage in CHECKED:
+    r = one_epoch(name, stage, dev, toy=dry)
     with tempfile.TemporaryDirectory() as d:
         per_step = count_syncs(r, data, Path(d))
     res[f"{name}:{stage}"] = {"steps": len(per_step), "syncs_per_step": per_step}

@@ -40,6 +40,7 @@ def assert_one_line_error(proc, *needles):
     assert len(lines) == 1, proc.stderr
     for n in needles:
         assert n in lines[0], lines[0]
+    return lines[0]
 
 
 @pytest.mark.parametrize("dataset,imbalance,total,groups", [

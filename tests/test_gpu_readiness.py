@@ -116,22 +116,15 @@ def test_a_training_step_makes_no_host_sync_except_at_logging(recipe_name, stage
     The augmentation policies run as they do off the CPU (``dense``: no gather by a host-side count)."""
     import functools
 
-    from longtail.bench.syncs import count_syncs
+    from longtail.bench.syncs import CHECKED, count_syncs, one_epoch
     from longtail.data.augment import policy
-
-    monkeypatch.setattr(policy, "apply_slots", functools.partial(policy.apply_slots, dense=True))
-    from longtail.config import load_recipe
     from longtail.data.synthetic import synthetic_bundle
     from longtail.engine.loop import LOG_EVERY
 
+    assert (recipe_name, stage) in CHECKED  # the device check counts the same stages
+    monkeypatch.setattr(policy, "apply_slots", functools.partial(policy.apply_slots, dense=True))
     data = synthetic_bundle(num_classes=6, max_per_class=100, imbalance=10, size=16)
-    r = load_recipe(recipe_name, ["data.dataset=synthetic", "model.backbone=resnet20", "runtime.device=cpu", "runtime.amp=off",
-                                  "runtime.progress=false", "runtime.tensorboard=false"])
-    r.stages = [s for s in r.stages if s.name == stage]
-    s = r.stages[0]
-    s.epochs, s.batch_size = 1, 8
-    s.augment = [{"op": "random_crop", "size": 16, "padding": 2}, {"op": "random_hflip"}] + (
-        [{"op": "autoaugment_cifar"}, {"op": "cutout", "size": 4}] if recipe_name.endswith("strong") else []) + [{"op": "normalize"}]
+    r = one_epoch(recipe_name, stage, "cpu", toy=True)
     per_step = count_syncs(r, data, tmp_path)
     steps = -(-len(data.train) // 8)
     assert len(per_step) == steps >= 30

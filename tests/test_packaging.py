@@ -80,14 +80,7 @@ def shipped_names(recipes: Path) -> set[str]:
             if not any(part.startswith("_") for part in p.relative_to(recipes).parts)}
 
 
-def assert_one_line_error(proc, *needles):
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("longtail: error:")]
-    assert len(lines) == 1, proc.stderr
-    for n in needles:
-        assert n in lines[0], lines[0]
-    return lines[0]
+from test_cli import assert_one_line_error  # noqa: E402  (one checker of the CLI's one-line errors)
 
 
 # --- the wheel ------------------------------------------------------------------------------------------

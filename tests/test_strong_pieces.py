@@ -15,7 +15,7 @@ from longtail.engine.pipeline import run_recipe
 from longtail.errors import ConfigError
 from longtail.losses import class_ce, drw_weights, ldam_margins, log_prior
 from longtail.methods import METHODS
-from longtail.methods.ce import CrossEntropy
+from test_engine import Crash, CrashingCE, tiny_recipe  # noqa: E402  (the engine tests' tiny recipe and crash)
 from longtail.models.classifier import build_classifier
 from longtail.models.experts import ExpertsHead
 
@@ -112,31 +112,12 @@ def test_experts_share_the_stem_average_their_logits_and_count_parameters():
 CROP_FLIP = [{"op": "random_crop", "size": 16, "padding": 2}, {"op": "random_hflip"}, {"op": "normalize"}]
 
 
-def tiny(method="ce", mix=None, epochs=3, model=None, params=None, augment=CROP_FLIP):
-    stage = {"name": "ce", "method": method, "epochs": epochs, "batch_size": 32, "optim": {"lr": 0.1, "weight_decay": 5e-4},
-             "schedule": {"kind": "cosine", "warmup_epochs": 1}, "augment": augment}
-    if mix:
-        stage["mix"] = mix
-    if params:
-        stage["params"] = params
-    return recipe_from_dict({"name": "tiny", "data": {"dataset": "synthetic"}, "model": {"backbone": "resnet20", **(model or {})},
-                             "runtime": {"device": "cpu", "amp": "off", "progress": False, "tensorboard": False, "checkpoint_every": 4},
-                             "stages": [stage]})
-
-
-class Crash(Exception):
-    pass
-
-
-class CrashingCE(CrossEntropy):
-    name = "ce_crash_mix"
-    calls, crash_at = 0, None
-
-    def loss(self, model, batch, g):
-        CrashingCE.calls += 1
-        if CrashingCE.calls == CrashingCE.crash_at:
-            raise Crash()
-        return super().loss(model, batch, g)
+def tiny(method="ce", epochs=3, model=None, **stage):
+    """The engine tests' tiny recipe, with this file's model options (cosine head, experts) on top."""
+    r = tiny_recipe(epochs=epochs, method=method, **stage)
+    for key, value in (model or {}).items():
+        setattr(r.model, key, value)
+    return r
 
 
 POLICY = [{"op": "random_crop", "size": 16, "padding": 2}, {"op": "random_hflip"}, {"op": "autoaugment_cifar"},
@@ -145,16 +126,16 @@ POLICY = [{"op": "random_crop", "size": 16, "padding": 2}, {"op": "random_hflip"
 
 @pytest.mark.parametrize("augment", [CROP_FLIP, POLICY], ids=["crop_flip", "autoaugment_cutout"])
 def test_resume_with_mixing_on_is_exact_and_mixing_learns(data, tmp_path, augment):
-    METHODS["ce_crash_mix"] = CrashingCE
+    METHODS["ce_crash"] = CrashingCE
     mix = {"kind": "mixup_cutmix", "alpha": 0.4, "switch_prob": 0.5}
-    full = run_recipe(tiny("ce_crash_mix", mix, augment=augment), tmp_path / "full", data=data)
+    full = run_recipe(tiny("ce_crash", mix=mix, augment=augment), tmp_path / "full", data=data)
     assert full["final"]["top1"] > 100 / 6 + 17  # 6 balanced classes: chance is 16.7 %
     steps_per_epoch = -(-len(data.train) // 32)
     CrashingCE.calls, CrashingCE.crash_at = 0, steps_per_epoch + 6
     with pytest.raises(Crash):
-        run_recipe(tiny("ce_crash_mix", mix, augment=augment), tmp_path / "cut", data=data)
+        run_recipe(tiny("ce_crash", mix=mix, augment=augment), tmp_path / "cut", data=data)
     CrashingCE.crash_at = None
-    res = run_recipe(tiny("ce_crash_mix", mix, augment=augment), tmp_path / "cut", data=data, resume=True)
+    res = run_recipe(tiny("ce_crash", mix=mix, augment=augment), tmp_path / "cut", data=data, resume=True)
     a = load_checkpoint(tmp_path / "full" / "ce" / "final.pt")["model"]
     b = load_checkpoint(tmp_path / "cut" / "ce" / "final.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -168,6 +149,8 @@ def test_ldam_drw_and_experts_train_and_refuse_bad_configs(data, tmp_path):
     assert res["final"]["top1"] > 100 / 6 + 17
     with pytest.raises(ConfigError, match="cosine"):
         run_recipe(tiny("ldam_drw"), tmp_path / "bad", data=data)
+    with pytest.raises(ConfigError, match="fixed cosine scale"):
+        run_recipe(tiny("ldam_drw", model={"head": "cosine", "cosine_learnable": True}), tmp_path / "bad_s", data=data)
     res = run_recipe(tiny("experts_la", model={"head": "cosine", "experts": 2}, params={"taus": [0.5, 1.5]},
                           mix={"kind": "mixup"}), tmp_path / "exp", data=data)
     assert res["final"]["top1"] > 100 / 6 + 17

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import argparse
 
-from ..errors import ConfigError
-
 
 def _csv(kind):
-    return lambda text: [kind(v) for v in text.split(",") if v.strip()]
+    def parse(text):
+        return [kind(v) for v in text.split(",") if v.strip()]
+
+    parse.__name__ = f"comma-separated {kind.__name__}"  # argparse names it in "invalid ... value"
+    return parse
 
 
 def cmd_bench_reproduce(args) -> int:
@@ -23,11 +25,7 @@ def cmd_bench_full(args) -> int:
     if args.seeds:
         from .seeds import render_seeds, seeds_table
 
-        try:
-            seeds = tuple(int(s) for s in args.seeds.split(","))
-        except ValueError:
-            raise ConfigError(f"--seeds: expected comma-separated integers like 0,1,2, got {args.seeds!r}") from None
-        print(render_seeds(seeds_table(args.root, args.table, args.imbalance, seeds, args.device, args.results, args.readme)), end="")
+        print(render_seeds(seeds_table(args.root, args.table, args.imbalance, tuple(args.seeds), args.device, args.results, args.readme)), end="")
         return 0
     doc = full_table(args.root, args.table, args.imbalance, args.seed, args.device, args.results, args.readme)
     print(render(doc), end="")
@@ -72,7 +70,7 @@ def add_bench_parser(sub) -> None:
     bf.add_argument("--table", default="cifar100-lt", choices=["cifar100-lt", "cifar10-lt"])
     bf.add_argument("--imbalance", type=float, default=100.0)
     bf.add_argument("--seed", type=int, default=0)
-    bf.add_argument("--seeds", default=None, help="e.g. 0,1,2: one table of mean ± std over these seeds (full-<table>-if<IF>-seeds-<device>.json)")
+    bf.add_argument("--seeds", type=_csv(int), default=None, help="e.g. 0,1,2: one table of mean ± std over these seeds (full-<table>-if<IF>-seeds-<device>.json)")
     bf.add_argument("--device", default="cpu", help="the device tag the runs were made on (file name and caption)")
     bf.add_argument("--results", default="results", help="folder for full-<table>-if<IF>-s<seed>-<device>.json")
     bf.add_argument("--page", "--readme", dest="readme", default="docs/results.md", metavar="FILE",

@@ -15,6 +15,26 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 SYNC_OPS = ("aten._local_scalar_dense", "aten.nonzero", "aten.item")
+#: The stages the device check counts (recipe, stage): a CE step, SSD's rotation step, the strong recipe's step.
+CHECKED = (("cifar100-lt/ce", "ce"), ("cifar100-lt/ssd", "stage1"), ("cifar100-lt/strong", "ce"))
+TOY_CROP = [{"op": "random_crop", "size": 16, "padding": 2}, {"op": "random_hflip"}]
+
+
+def one_epoch(recipe_name: str, stage: str, device: str, toy: bool):
+    """That stage alone for one epoch (85 steps of 128 on CIFAR-100-LT); ``toy``: the synthetic set, batch 8
+    (31 steps), a ResNet-20, fp32 and the recipe's augmentation at 16 pixels (its policy ops kept)."""
+    from ..config import load_recipe
+
+    over = [f"runtime.device={device}", "runtime.progress=false", "runtime.tensorboard=false"]
+    over += ["data.dataset=synthetic", "model.backbone=resnet20", "runtime.amp=off"] if toy else []
+    r = load_recipe(recipe_name, over)
+    r.stages = [s for s in r.stages if s.name == stage]
+    s = r.stages[0]
+    s.epochs = 1
+    if toy:
+        policy = [{"op": "autoaugment_cifar"}, {"op": "cutout", "size": 4}] if s.augment == "cifar_autoaugment" else []
+        s.batch_size, s.augment = 8, TOY_CROP + policy + [{"op": "normalize"}]
+    return r
 
 
 class _Tally:

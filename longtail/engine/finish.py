@@ -35,7 +35,7 @@ def data_card(d: DataBundle) -> dict:
             "image_size": d.image_size, "crop_size": d.input_size}
 
 
-def _logged(val: dict) -> dict:
+def val_fields(val: dict) -> dict:
     return {f"val_{k}": val[k] for k in ("top1", "many", "medium", "few")}
 
 
@@ -46,7 +46,7 @@ def finish_stage(method: Method, model: nn.Module, ctx: StageContext, stage_dir:
     sync_from_main(model, rt)
     val = evaluate_split(method, model, ctx, ctx.data.val) if ctx.data.val is not None and len(ctx.data.val) else None
     if val is not None and stage.epochs:  # the last epoch's point of the validation curve (earlier ones: eval_every)
-        logger.log(done.steps, {"epoch": stage.epochs, **_logged(val)})
+        logger.log(done.steps, {"epoch": stage.epochs, **val_fields(val)})
     chosen = {"epoch": stage.epochs, "rule": "last"}
     if stage.select == "best_val" and val is not None:
         history.append({"epoch": stage.epochs, "val_top1": val["top1"]})

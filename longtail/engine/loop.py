@@ -27,7 +27,7 @@ from .checkpoint import load_checkpoint, save_atomic
 from .context import StageContext, init_seed
 from .distributed import broadcast_object, sync_from_main
 from .feeder import BatchLoader
-from .finish import TrainedStage, finish_stage
+from .finish import TrainedStage, finish_stage, val_fields
 from .optim import build_optimizer, lr_at
 from .passes import evaluate_split
 from ..progress import ProgressBar
@@ -182,7 +182,7 @@ def train_stage(ctx: StageContext, stage_dir: Path, resume: bool = False) -> dic
                 sync_from_main(model, rt)  # every rank scores a share of val, with rank 0's BN statistics
                 val = evaluate_split(method, model, ctx, ctx.data.val)
                 history.append({"epoch": epoch + 1, "val_top1": val["top1"]})
-                logger.log(gstep, {"epoch": epoch + 1, **{f"val_{k}": val[k] for k in ("top1", "many", "medium", "few")}})
+                logger.log(gstep, {"epoch": epoch + 1, **val_fields(val)})
                 if stage.select == "best_val" and val["top1"] >= max(h["val_top1"] for h in history) and rt.is_main:
                     save_atomic({"kind": "best", "epoch": epoch + 1, "model": model.state_dict()}, stage_dir / "best.pt")
             save(gstep)

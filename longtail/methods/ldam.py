@@ -32,6 +32,8 @@ class LDAMDRW(CrossEntropy):
         super().__init__(ctx)
         if ctx.recipe.model.head != "cosine":
             raise ConfigError(f"stages.{self.stage.name}: ldam_drw puts its margin on a cosine; set model.head: cosine (cosine_scale: 30 as LDAM)")
+        if ctx.recipe.model.cosine_learnable:  # the margin is scaled by the configured s, which a learnt one would leave behind
+            raise ConfigError(f"stages.{self.stage.name}: ldam_drw needs a fixed cosine scale; set model.cosine_learnable: false")
         if not 0 <= self.p.beta < 1 or self.p.max_m < 0:
             raise ConfigError(f"stages.{self.stage.name}.params: beta must be in [0, 1) and max_m >= 0")
 
