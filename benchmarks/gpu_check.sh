@@ -3,9 +3,12 @@
 # result as soon as it has it, under $OUT (the device tool's folder) or results/gpu-check/.
 #   bash benchmarks/gpu_check.sh              # on the GPU machine: device cuda, the CIFAR-100-LT pack
 #   bash benchmarks/gpu_check.sh --dry-run    # the same steps on this CPU at toy sizes (CI runs it)
-# Steps, in order: 1 host syncs per step (ce, SSD stage I, strong); 2 bench throughput (the loop against the
-# model alone); 3 cifar100-lt/ce at full schedule, then ssd if time allows (against the committed CPU rows);
-# 4 bench data. Each step has its own time budget, so one that hangs cannot take the rest with it.
+# Steps, in order: 1 host syncs per step (ce, SSD stage I, strong); 2 the nvJPEG corruption harness
+# (benchmarks/nvjpeg_race.py); 3 bench throughput (the loop against the model alone); 4 cifar100-lt/ce at full
+# schedule, then ssd if time allows (against the committed CPU rows); 5 bench data. Each step has its own time
+# budget, so one that hangs cannot take the rest with it.
+# Packages: the GPU image has torch, torchvision, numpy, pyyaml, pillow and safetensors (KINDS.md's list), all
+# that longtail needs; wheels for anything missing travel in .whl/ (gitignored) and are installed first.
 # Data: benchmarks/data/cifar100-lt-if100-pack.tar.xz (benchmarks/make_gpu_pack.py; carried to the device
 # with the tracked tree, 64 MiB in all), unpacked into a data root on the machine.
 set -uo pipefail
@@ -26,6 +29,11 @@ else
   dev=cuda; root=$(mktemp -d); tar -xJf benchmarks/data/cifar100-lt-if100-pack.tar.xz -C "$root"
   export LONGTAIL_DATA=$root; data=(); scale=(); tq=()
 fi
+if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
+  "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+"$py" -c "import torch, numpy, yaml, PIL, safetensors" 2>>"$out/gpu_check.log" || log "missing a package longtail needs (see above)"
 "$py" - <<PY >"$out/env.json" 2>&1
 import json, platform, torch
 print(json.dumps({"torch": torch.__version__, "cuda": torch.cuda.is_available(),
@@ -46,20 +54,23 @@ res = {}
 for name, stage in CHECKED:
     r = one_epoch(name, stage, dev, toy=dry)
     with tempfile.TemporaryDirectory() as d:
-        per_step = count_syncs(r, data, Path(d))
-    res[f"{name}:{stage}"] = {"steps": len(per_step), "syncs_per_step": per_step}
+        per_step, host = count_syncs(r, data, Path(d))
+    res[f"{name}:{stage}"] = {"steps": len(per_step), "syncs_per_step": per_step, "host_tensors_per_step": host}
     (out / f"syncs-{dev}.json").write_text(json.dumps(res, indent=1))
 print(json.dumps({k: sum(v["syncs_per_step"]) for k, v in res.items()}))
 PY
 
-# 2. throughput: the loop against the model alone
+# 2. nvJPEG on the look-ahead thread: corrupted rows with the old shared stream, and with the side stream
+run 60 "$py" benchmarks/nvjpeg_race.py --out "$out/nvjpeg-race-$dev.json" --iterations 200
+
+# 3. throughput: the loop against the model alone
 run 150 "$py" -m longtail bench throughput --device "$dev" --results "$out" "${tq[@]}"
 
-# 3. full-schedule CE (then SSD while time is left), against the committed CPU rows
+# 4. full-schedule CE (then SSD while time is left), against the committed CPU rows
 run 330 "$py" -m longtail train cifar100-lt/ce --device "$dev" --out "$out/ce-s0" "${data[@]}" "${scale[@]}" --set runtime.tensorboard=false
 [ $dry = 1 ] && run 60 "$py" -m longtail train cifar100-lt/ssd --device "$dev" --out "$out/ssd-s0" "${data[@]}" "${scale[@]}" --set runtime.tensorboard=false
 
-# 4. file-image pipeline with the device decoder
+# 5. file-image pipeline with the device decoder
 if [ $dry = 1 ]; then bd=(--images 64 --generate 64 --steps 1); else bd=(--images 64 --generate 64); fi
 run 60 "$py" -m longtail bench data --device "$dev" --results "$out" "${bd[@]}"
 log "done: $failed step(s) failed"

@@ -225,7 +225,7 @@ def in_training(interrupted: dict | None) -> bool:
 
 
 def run(kills: int = 12, seed: int = 0, synthetic: bool = False, data_root: str | None = None,
-        work: Path | None = None, write_every: int = 3, fork: bool = False) -> dict:
+        work: Path | None = None, write_every: int = 3, fork: bool = False, overrides: list[str] = ()) -> dict:
     t_all = time.perf_counter()
     work = Path(work or tempfile.mkdtemp(prefix="kill_resume-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -236,9 +236,11 @@ def run(kills: int = 12, seed: int = 0, synthetic: bool = False, data_root: str 
             importlib.import_module(name)
     if synthetic:
         (work / "recipe.yaml").write_text(SYNTHETIC)
-        runner = Runner(str(work / "recipe.yaml"), [], None, fork, every=SYNTHETIC_EVERY)
+    sets = [a for o in overrides for a in ("--set", o)]  # after the fixed ones: the last --set of a key wins
+    if synthetic:
+        runner = Runner(str(work / "recipe.yaml"), sets, None, fork, every=SYNTHETIC_EVERY)
     else:
-        runner = Runner("cifar100-lt/lws", REAL_ARGS, data_root, fork, every=REAL_EVERY)
+        runner = Runner("cifar100-lt/lws", REAL_ARGS + sets, data_root, fork, every=REAL_EVERY)
     log = open(work / "train.log", "ab")
     ref_dir, out, progress = work / "uninterrupted", work / "killed", work / "progress.json"
 
@@ -318,7 +320,8 @@ def run(kills: int = 12, seed: int = 0, synthetic: bool = False, data_root: str 
         "what": "SIGKILL at seeded training steps of a CE -> LWS run (spread over each stage's steps), --resume after "
                 "each, results compared with an uninterrupted run",
         "data": "synthetic (10 classes, 8x8)" if synthetic else "CIFAR-100-LT IF=100 (10,847 training images)",
-        "recipe": runner.recipe, "args": runner.extra if not synthetic else SYNTHETIC.strip().splitlines(),
+        "recipe": runner.recipe, "args": runner.extra if not synthetic else SYNTHETIC.strip().splitlines() + runner.extra,
+        "overrides": list(overrides), "amp": resolved_amp(overrides),
         "seed": seed,
         "processes": "forked from the driver (warm imports)" if fork else "fresh python processes (benchmarks/kill_resume.py --child)",
         "kill_points": "per stage, its training steps cut into as many equal bins as it gets kills (kills split evenly "
@@ -354,6 +357,15 @@ def run(kills: int = 12, seed: int = 0, synthetic: bool = False, data_root: str 
     }
 
 
+def resolved_amp(overrides) -> str:
+    """``runtime.amp`` and the dtype it trains in on this CPU (``auto``: bf16 only where the CPU has it natively);
+    both fixed configurations set ``off`` unless an override says otherwise."""
+    from longtail.engine.runtime import pick_amp
+
+    amp = next((o.split("=", 1)[1] for o in reversed(overrides) if o.startswith("runtime.amp=")), "off")
+    return f"{amp} -> {pick_amp(amp, torch.device('cpu')) or 'torch.float32'}"
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["--child"]:  # a training process started by run(): --child PROGRESS then longtail's own arguments
@@ -365,9 +377,12 @@ def main(argv=None) -> int:
     p.add_argument("--data-root", help="CIFAR-100 archive folder (default $LONGTAIL_DATA)")
     p.add_argument("--fork", action="store_true", help="fork each run from this process (skips the per-process import time)")
     p.add_argument("--work", help="folder for the two runs (default: a new temporary folder)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="an override for every run, after the fixed ones (e.g. runtime.amp=auto, runtime.threads=2)")
     p.add_argument("--json", default=str(REPO / "results" / "reliability" / "kill_resume.json"), help="where the record goes")
     args = p.parse_args(argv)
-    record = run(args.kills, args.seed, args.synthetic, args.data_root, Path(args.work) if args.work else None, fork=args.fork)
+    record = run(args.kills, args.seed, args.synthetic, args.data_root, Path(args.work) if args.work else None, fork=args.fork,
+                 overrides=args.set)
     path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=1) + "\n")

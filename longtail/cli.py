@@ -115,7 +115,7 @@ def cmd_predict(args) -> int:
         Path(args.timing).write_text(json.dumps({
             "images": len(rows) - len(bad), "unreadable": len(bad), "seconds": round(secs, 3), "img_per_s": round(rate, 1),
             "device": str(predictor.device), "threads": __import__("torch").get_num_threads(), "cpu_count": os.cpu_count(),
-            "batch": args.batch, "model": predictor.source, "commit": git_commit(),
+            "batch": args.batch, "model": predictor.describe(), "commit": git_commit(),
             "command": " ".join(["longtail", *sys.argv[1:]]), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=1))
     return 0 if len(bad) < len(rows) else 2
 

@@ -68,10 +68,21 @@ class Program(nn.Module):
 class Predictor:
     """``predict(images)``: the top classes and their probabilities for image paths, PIL images or arrays."""
 
-    def __init__(self, program, card: dict, spec, device: torch.device, source: str):
+    def __init__(self, program, card: dict, spec, device: torch.device, source: str, about: dict | None = None):
         self.program, self.card, self.device, self.source, self.spec = program, card, device, source, spec
+        self.about = about or {}
         self.augment = eval_augment(card, spec)
         self.class_names: list[str] = list(card["class_names"])
+
+    def describe(self) -> dict:
+        """The model, for a record that outlives its file: what it is, its sizes, and its bytes' sha256."""
+        import hashlib
+
+        path = Path(self.source)
+        f = path / "program.pt2" if path.is_dir() else path
+        return {"path": self.source, **self.about, "classes": len(self.card["class_names"]),
+                "parameters": sum(p.numel() for p in self.program.parameters()), "crop_size": self.card["crop_size"],
+                "image_size": self.card["image_size"], "file": f.name, "sha256": hashlib.sha256(f.read_bytes()).hexdigest()}
 
     @classmethod
     def from_checkpoint(cls, path, device: str | None = None) -> "Predictor":
@@ -101,7 +112,8 @@ class Predictor:
         model = method.build_model()
         load_exported(model, ck["model"], where=path)
         program = Program(model, method, ck["data"]["mean"], ck["data"]["std"]).to(rt.device).eval()
-        return cls(program, ck["data"], ctx.stage.eval_augment, rt.device, str(path))
+        return cls(program, ck["data"], ctx.stage.eval_augment, rt.device, str(path),
+                   {"stage": ck["stage"], "method": ctx.stage.method, "backbone": recipe.model.backbone})
 
     @classmethod
     def from_export(cls, folder, device: str | None = None) -> "Predictor":
@@ -116,7 +128,8 @@ class Predictor:
         if card.get("format") != EXPORT_FORMAT:
             raise CheckpointError(f"{folder}/card.json: export format {card.get('format')!r}, expected {EXPORT_FORMAT}")
         dev = torch.device(device or "cpu")
-        return cls(program.to(dev), card, card["eval_augment"], dev, str(folder))
+        return cls(program.to(dev), card, card["eval_augment"], dev, str(folder),
+                   {"stage": card.get("stage"), "method": card.get("method"), "backbone": (card.get("recipe") or {}).get("model", {}).get("backbone")})
 
     # -- images -------------------------------------------------------------
     def _array(self, image) -> np.ndarray:

@@ -42,7 +42,7 @@ def built(data, **params):
 def batch_of(data, idx):
     u8, y = data.train.load(idx)
     x = u8.float() / 255
-    return Batch(x, torch.as_tensor(y), u8)
+    return Batch(x, torch.as_tensor(y))
 
 
 def test_loss_is_the_weighted_sum_of_the_three_heads(data, monkeypatch):

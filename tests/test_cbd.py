@@ -140,7 +140,7 @@ def test_variants_combine_the_losses_as_documented(data, distill, parts):
     method.teachers = [(tm, teacher)]
     u8, y = data.train.load(np.arange(8))
     x = ctx.augment("eval")(u8, None)
-    loss, got = method.loss(student, {"x": Batch(x, torch.as_tensor(y), u8)}, torch.Generator())
+    loss, got = method.loss(student, {"x": Batch(x, torch.as_tensor(y))}, torch.Generator())
     assert set(got) == parts
     with torch.no_grad():
         out, tout = student(x), teacher(x)
@@ -175,7 +175,7 @@ def test_hybrid_runs_each_teacher_once_per_step(data):
     method.teachers = teachers
     u8, y = data.train.load(np.arange(8))
     x = ctx.augment("eval")(u8, None)
-    batch = {"x": Batch(x, torch.as_tensor(y), u8)}
+    batch = {"x": Batch(x, torch.as_tensor(y))}
     loss, got = method.loss(student, batch, torch.Generator())
     assert set(got) == {"ce", "feat", "kd"} and calls == ["t_std", "t_aug"]
     with torch.no_grad():  # the same loss as from separate feature and logit passes
@@ -189,5 +189,5 @@ def test_hybrid_runs_each_teacher_once_per_step(data):
     method.loss(student, batch, torch.Generator())
     assert calls == ["t_std", "t_aug"]
     u8, y = data.train.load(np.arange(8, 16))
-    method.loss(student, {"x": Batch(ctx.augment("eval")(u8, None), torch.as_tensor(y), u8)}, torch.Generator())
+    method.loss(student, {"x": Batch(ctx.augment("eval")(u8, None), torch.as_tensor(y))}, torch.Generator())
     assert calls == ["t_std", "t_aug"] * 2

@@ -29,7 +29,7 @@ def method_for(recipe, stage, data):
 def batch_of(data, idx):
     u8, y = data.train.load(np.asarray(idx))
     x = (u8.float() / 255 - 0.5) / 0.25
-    return Batch(x, torch.as_tensor(y), u8)
+    return Batch(x, torch.as_tensor(y))
 
 
 def test_composed_loss_is_the_weighted_sum_of_the_three_papers_terms(data):

@@ -25,9 +25,9 @@ def _record_fetches() -> None:
 
     fetch = BatchLoader.fetch
 
-    def recording(self, index, g, key):
-        RecordingCE.seen.append(np.asarray(index).copy())
-        return fetch(self, index, g, key)
+    def recording(self, stream, step, g):
+        RecordingCE.seen.append(np.asarray(self.batches[stream][step]).copy())
+        return fetch(self, stream, step, g)
 
     BatchLoader.fetch = recording
 
@@ -52,7 +52,7 @@ def _worker(rank, world, port, out, batch=32):
     original = RecordingCE.loss
 
     def grab(self, model, batch, g):
-        captured["model"] = model.module
+        captured["model"], captured["broadcast"] = model.module, model.broadcast_buffers
         return original(self, model, batch, g)
 
     RecordingCE.loss = grab
@@ -60,6 +60,7 @@ def _worker(rank, world, port, out, batch=32):
     np.save(out / f"seen{rank}.npy", np.concatenate(RecordingCE.seen))
     np.save(out / f"steps{rank}.npy", np.array([len(s) for s in RecordingCE.seen]))
     torch.save(captured["model"].state_dict(), out / f"weights{rank}.pt")
+    (out / f"broadcast{rank}").write_text(str(captured["broadcast"]))
     shutdown_runtime()
 
 
@@ -74,6 +75,8 @@ def test_two_ranks_see_disjoint_samples(tmp_path):
     w0, w1 = (torch.load(tmp_path / f"weights{r}.pt", weights_only=True) for r in (0, 1))
     params = [k for k in w0 if "running" not in k and "num_batches" not in k]
     assert all(torch.allclose(w0[k], w1[k]) for k in params)  # gradients were averaged across ranks
+    assert all(torch.equal(w0[k], w1[k]) for k in w0 if "running" in k)  # rank 0's statistics, synced once at the end
+    assert [(tmp_path / f"broadcast{r}").read_text() for r in (0, 1)] == ["False"] * 2  # not on every forward
 
 
 def test_an_awkward_batch_gives_every_rank_an_equal_nonempty_share(tmp_path):

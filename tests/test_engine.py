@@ -341,9 +341,9 @@ def test_file_backed_folder_dataset_trains_with_prefetch(tmp_path):
     loads = []
     original = Feeder.fetch
 
-    def spy(self, index, g, key):
-        loads.append(key in self.next_batch and np.array_equal(self.next_batch[key][0], index))
-        return original(self, index, g, key)
+    def spy(self, stream, step, g):
+        loads.append((stream, step) in self.ahead)
+        return original(self, stream, step, g)
 
     Feeder.fetch = spy
     try:

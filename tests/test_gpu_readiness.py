@@ -110,10 +110,13 @@ def test_two_gloo_ranks_fetch_a_missing_archive_once(tmp_path):
     assert not list(tmp_path.glob("*.part"))
 
 
-@pytest.mark.parametrize("recipe_name,stage", [("cifar100-lt/ce", "ce"), ("cifar100-lt/ssd", "stage1"), ("cifar100-lt/strong", "ce")])
-def test_a_training_step_makes_no_host_sync_except_at_logging(recipe_name, stage, tmp_path, monkeypatch):
-    """Counted through the engine with a dispatch mode (.item() / nonzero): only logging steps read back.
-    The augmentation policies run as they do off the CPU (``dense``: no gather by a host-side count)."""
+@pytest.mark.parametrize("recipe_name,stage,moco", [("cifar100-lt/ce", "ce", False), ("cifar100-lt/ssd", "stage1", False),
+                                                     ("cifar100-lt/strong", "ce", False), ("cifar100-lt/ssd", "stage1", True)])
+def test_a_training_step_makes_no_host_sync_except_at_logging(recipe_name, stage, moco, tmp_path, monkeypatch):
+    """Counted through the engine with a dispatch mode (.item() / nonzero): only logging steps read back, and
+    no step makes a tensor from host data (on a GPU, a host-to-device copy: the plan, labels and constants
+    are on the device already). Before this was fixed, every step made 4 (index, labels, mean, std), 6 with
+    MoCo. The augmentation policies run as they do off the CPU (``dense``: no gather by a host-side count)."""
     import functools
 
     from longtail.bench.syncs import CHECKED, count_syncs, one_epoch
@@ -125,12 +128,31 @@ def test_a_training_step_makes_no_host_sync_except_at_logging(recipe_name, stage
     monkeypatch.setattr(policy, "apply_slots", functools.partial(policy.apply_slots, dense=True))
     data = synthetic_bundle(num_classes=6, max_per_class=100, imbalance=10, size=16)
     r = one_epoch(recipe_name, stage, "cpu", toy=True)
-    per_step = count_syncs(r, data, tmp_path)
+    if moco:  # MoCo's key view, queue and momentum encoder (imagenet-lt/ssd's stage I) on the toy set
+        r.stages[0].params.update(self_sup="moco", moco_queue=64, key_augment="cifar")
+    per_step, host = count_syncs(r, data, tmp_path)
     steps = -(-len(data.train) // 8)
-    assert len(per_step) == steps >= 30
+    assert len(per_step) == len(host) == steps >= 30
     logging = {i for i in range(steps) if (i + 1) % LOG_EVERY == 0 or i + 1 == steps}
     assert [i for i, n in enumerate(per_step) if n and i not in logging] == []
     assert all(per_step[i] > 0 for i in logging)  # the counter sees the read-backs it should
+    assert host == [0] * steps
+
+
+def test_the_step_counter_sees_host_tensors_and_syncs():
+    """The dispatch mode behind the step counts: each way of making a tensor from host data, and .item()."""
+    import numpy as np
+
+    from longtail.bench.syncs import _CpuSyncs, _Tally
+
+    tally = _Tally()
+    with _CpuSyncs(tally):
+        torch.tensor([1.0])  # before the first step: not counted
+        tally.step()
+        torch.tensor([1.0]), torch.as_tensor(np.arange(3)), torch.from_numpy(np.arange(2)), torch.full((2,), 1.0)
+        tally.step()
+        torch.ones(2).sum().item()
+    assert (tally.host_per_step, tally.per_step) == ([3, 0], [0, 1])
 
 
 @pytest.mark.parametrize("name", ["autoaugment_cifar", "randaugment"])
@@ -162,4 +184,96 @@ def test_the_prepared_device_check_dry_run_passes(tmp_path):
     syncs = json.loads((tmp_path / "syncs-cpu.json").read_text())
     assert set(syncs) == {"cifar100-lt/ce:ce", "cifar100-lt/ssd:stage1", "cifar100-lt/strong:ce"}
     assert all(v["steps"] >= 30 for v in syncs.values())
+    assert all(v["host_tensors_per_step"] == [0] * v["steps"] for v in syncs.values())
+    assert "no CUDA" in json.loads((tmp_path / "nvjpeg-race-cpu.json").read_text())["skipped"]
     assert (tmp_path / "throughput-cpu.json").is_file() and (tmp_path / "ce-s0" / "results.json").is_file()
+
+
+def test_a_compiled_run_trains_whole_batches_only(tmp_path, monkeypatch):
+    """runtime.compile drops each epoch's short last batch (timm's drop_last), so the compiled step never meets
+    a second shape; torch.compile is replaced by a recorder of the batch sizes the training model sees."""
+    from test_engine import tiny_recipe
+
+    from longtail.data.synthetic import synthetic_bundle
+    from longtail.engine.pipeline import run_recipe
+
+    sizes = []
+
+    class Recorder(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, x):
+            sizes.append(len(x))
+            return self.m(x)
+
+    monkeypatch.setattr(torch, "compile", lambda m, **k: Recorder(m))
+    data = synthetic_bundle(num_classes=6, max_per_class=100, imbalance=10, size=16)
+    n = len(data.train)
+    assert n % 32
+    r = tiny_recipe(epochs=2, batch_size=32)
+    r.runtime.compile = True
+    run_recipe(r, tmp_path / "run", data=data)
+    assert sizes == [32] * (2 * (n // 32))
+
+
+def test_the_look_ahead_stream_drains_before_each_decode_and_hands_over_by_event(monkeypatch, tmp_path):
+    """nvJPEG race guard (engine/streams.py), with the CUDA stream calls spied on: for every prefetched batch,
+    the side stream is drained before the store decodes, an event is recorded after, the main stream waits on
+    it, and every device tensor handed over is kept for the main stream (record_stream)."""
+    import contextlib
+
+    import numpy as np
+    from PIL import Image
+
+    from longtail.data.augment import Augment
+    from longtail.data.filestore import FileStore
+    from longtail.data.images import ImageSet
+    from longtail.engine import streams
+    from longtail.engine.feeder import BatchLoader
+    from longtail.engine.runtime import Runtime
+
+    calls = []
+
+    class Spied(torch.Tensor):  # a tensor that says it is on a GPU, so hand_over keeps it for the main stream
+        @property
+        def is_cuda(self):
+            return True
+
+        def record_stream(self, stream):
+            calls.append("keep")
+
+    class Stream:
+        device = torch.device("cpu")
+
+        def synchronize(self):
+            calls.append("drain")
+
+        def wait_event(self, event):
+            calls.append("wait")
+
+    class Event:
+        def record(self, stream):
+            calls.append("event")
+
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: Stream())
+    monkeypatch.setattr(streams, "to_device", lambda t, device: t.as_subclass(Spied))
+    for i in range(4):
+        Image.fromarray(np.full((20, 24, 3), 40 * i, np.uint8)).save(tmp_path / f"{i}.png")
+    store = FileStore(tmp_path, [f"{i}.png" for i in range(4)], 16)
+    load = store.load
+    monkeypatch.setattr(store, "load", lambda index: calls.append("decode") or load(index))
+    aug = Augment([{"op": "random_resized_crop", "size": 8}, {"op": "normalize"}], (0.5,) * 3, (0.25,) * 3)
+    loader = BatchLoader(ImageSet(store, np.arange(4) % 2), aug, Runtime(torch.device("cpu"), None, False, False), 0, "ce", 0)
+    loader.side.stream = Stream()
+    monkeypatch.setattr("longtail.engine.feeder.to_device", streams.to_device)
+    loader.start_epoch(0, {"x": [np.array([0, 1]), np.array([2, 3])]})
+    for step in (0, 1):
+        loader.prefetch("x", step)
+        loader.ahead[("x", step)].result()  # the look-ahead is done: the order below is deterministic
+        calls.append(f"fetch {step}")
+        assert loader.fetch("x", step, torch.Generator().manual_seed(0)).x.shape == (2, 3, 8, 8)
+    assert calls == ["drain", "decode", "event", "fetch 0", "wait", "keep"] + ["drain", "decode", "event", "fetch 1", "wait", "keep"]

@@ -177,6 +177,49 @@ def test_gpu_decoding_is_chosen_only_where_it_works(folder, tmp_path, monkeypatc
     FileStore(root, files, 32).use_device(torch.device("cuda", 1))  # no cache: nothing to hand the GPU
 
 
+def test_the_gpu_decoder_probe_checks_real_sized_images_against_the_cpu(monkeypatch):
+    """nvJPEG is trusted only if it decodes cache-sized 4:2:0 JPEGs of odd sizes as the CPU does (simulated
+    here by a CPU decode into tensors); a decoder that corrupts rows, or cannot decode, is refused."""
+    import io
+
+    import torch
+    from PIL import Image
+
+    from longtail.data import decode
+
+    def cpu_decode(blobs, device, corrupt=False):
+        out = [torch.from_numpy(np.array(Image.open(io.BytesIO(b)).convert("RGB"))).permute(2, 0, 1) for b in blobs]
+        for t in out if corrupt else ():
+            t[:, 100:140] = 0  # rows written over, as in the reported race
+        return out
+
+    probe = decode.gpu_decoder_available.__wrapped__
+    monkeypatch.setattr(decode, "decode_jpegs_gpu", cpu_decode)
+    assert probe("cuda:0") and not probe("cpu")
+    monkeypatch.setattr(decode, "decode_jpegs_gpu", lambda blobs, device: cpu_decode(blobs, device, corrupt=True))
+    assert not probe("cuda:0")
+    monkeypatch.setattr(decode, "decode_jpegs_gpu", lambda blobs, device: 1 / 0)
+    assert not probe("cuda:0")
+
+
+def test_a_failed_device_decode_stays_on_the_cpu(folder, tmp_path, monkeypatch):
+    """After nvJPEG failed once, the next stage's use_device (evaluation, the next stage) keeps the CPU."""
+    import torch
+
+    root, files = folder
+    store = FileStore(root, files, 32, tmp_path / "c")
+    store.build_cache(progress=False)
+    monkeypatch.setattr(filestore, "gpu_decoder_available", lambda d: True)
+    monkeypatch.setattr(filestore, "decode_jpegs_gpu", lambda blobs, device: 1 / 0)
+    store.use_device(torch.device("cuda", 1))
+    assert store.gpu == torch.device("cuda", 1)
+    with pytest.warns(UserWarning, match="decoding on cuda:1 failed .*ZeroDivisionError.*on the CPU from now on"):
+        images = store.load([0, 1])
+    assert all(isinstance(a, np.ndarray) for a in images.images)
+    store.use_device(torch.device("cuda", 1))
+    assert store.gpu is None
+
+
 def test_device_decoded_batches_match_the_cpu_ones_and_fall_back(folder, tmp_path, monkeypatch):
     """The device path (simulated on the CPU: nvJPEG replaced by a CPU decode into tensors) gives the same
     sizes and, after the crop, the same pixels within the filters' rounding; a failure falls back once."""

@@ -258,10 +258,12 @@ def test_file_crops_are_the_same_after_a_resume(tmp_path):
     aug = Augment.preset("imagenet_jitter", (0.5,) * 3, (0.25,) * 3, size=224)
     first, again = Feeder(split, aug, CPU, 0, "ce", 0), Feeder(split, aug, CPU, 0, "ce", 0)
     index = np.array([0, 3, 5])
-    first.prefetch(index, (2, 7, "x"))  # the uninterrupted run's look-ahead ...
-    a = first.fetch(index, torch.Generator().manual_seed(1), (2, 7, "x"))
-    b = again.fetch(index, torch.Generator().manual_seed(1), (2, 7, "x"))  # ... and a resumed run's direct load
-    c = again.fetch(index, torch.Generator().manual_seed(1), (2, 8, "x"))
+    for loader in (first, again):
+        loader.start_epoch(2, {"x": [index] * 9})
+    first.prefetch("x", 7)  # the uninterrupted run's look-ahead ...
+    a = first.fetch("x", 7, torch.Generator().manual_seed(1))
+    b = again.fetch("x", 7, torch.Generator().manual_seed(1))  # ... and a resumed run's direct load
+    c = again.fetch("x", 8, torch.Generator().manual_seed(1))
     assert a.x.shape == (3, 3, 224, 224) and torch.equal(a.x, b.x) and not torch.equal(a.x, c.x)
 
 

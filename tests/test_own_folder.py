@@ -144,6 +144,12 @@ def test_predict_reports_unreadable_files_and_goes_on(walkthrough, tmp_path, cap
     timing = json.loads((tmp_path / "t.json").read_text())
     assert timing["images"] == 5 and timing["unreadable"] == 1
     assert timing["img_per_s"] == pytest.approx(5 / timing["seconds"], rel=0.05)  # both rounded (0.1 img/s, 1 ms)
+    import hashlib  # the record names its model by content, so it outlives a temporary file
+
+    model = timing["model"]
+    assert model["sha256"] == hashlib.sha256((work / "photos-model" / "program.pt2").read_bytes()).hexdigest()
+    assert model["classes"] == len(json.loads((work / "photos-model" / "card.json").read_text())["class_names"])
+    assert model["parameters"] > 0 and model["stage"] and model["backbone"]
 
 
 def test_odd_images_in_a_training_folder_are_skipped_with_a_reason(tmp_path):

@@ -183,8 +183,8 @@ def test_drw_weights_switch_on_at_drw_epoch(data):
     x, y = torch.randn(6, 3, 16, 16), torch.arange(6)
     out = model(x)
     margin = ldam_margins(data.train_counts, 0.5) * 30
-    early = term.fn(model, out, Batch(x, y, x, epoch=1))
-    late = term.fn(model, out, Batch(x, y, x, epoch=2))
+    early = term.fn(model, out, Batch(x, y, epoch=1))
+    late = term.fn(model, out, Batch(x, y, epoch=2))
     b = SimpleNamespace(y=y, mix=None)
     assert early.item() == pytest.approx(class_ce(out["main"], b, margin=margin).item(), rel=1e-5)
     assert late.item() == pytest.approx(class_ce(out["main"], b, weight=drw_weights(data.train_counts, 0.99), margin=margin).item(), rel=1e-5)

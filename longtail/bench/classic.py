@@ -68,7 +68,7 @@ def classic_pipeline(ctx: StageContext, steps: int, warmup: int, workers: int) -
         x = x.to(rt.device, non_blocking=True)
         if rt.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return {"x": Batch(x, y.to(rt.device, non_blocking=True), x)}
+        return {"x": Batch(x, y.to(rt.device, non_blocking=True))}
 
     res = measure_stage(get_method("ce")(ctx), batches, steps, warmup)
     return {**res, "loader_alone_images_per_s": round(loader_alone, 1), "workers": workers}

@@ -20,11 +20,10 @@ import numpy as np
 import torch
 
 from ..config import load_recipe, stage_refs
-from ..data.augment.mix import Mixer
 from ..data.images import DataBundle
 from ..engine.checkpoint import save_atomic
 from ..engine.context import StageContext
-from ..engine.feeder import BatchLoader
+from ..engine.feeder import stage_loader
 from ..engine.loop import build_stage_model, train_step
 from ..engine.optim import build_optimizer
 from ..engine.runtime import Runtime
@@ -104,16 +103,13 @@ def random_artifacts(ctx: StageContext, where: Path) -> dict[str, Path]:
 def feed_batches(method: Method, pool: int) -> Batches:
     """``pool`` augmented batches per feed at random indices, made by the engine's BatchLoader, then cycled."""
     ctx = method.ctx
-    feeder = BatchLoader(ctx.data.train, ctx.augment(ctx.stage.augment), ctx.runtime, 0, ctx.stage.name, 0, mixer=Mixer(ctx.stage.mix))
+    feeder = stage_loader(ctx, method, 0)
     rng = np.random.default_rng(0)
     g = torch.Generator(device=ctx.runtime.device).manual_seed(0)
-    n = len(ctx.data.train)
-
-    def draw(size: int) -> np.ndarray:
-        return rng.choice(n, size, replace=size > n)
-
-    steps = [{name: feeder.fetch(draw(f.batch_size or ctx.stage.batch_size), g, (0, i, name)) for name, f in method.feeds().items()}
-             for i in range(pool)]
+    n, feeds = len(ctx.data.train), method.feeds()
+    size = {name: f.batch_size or ctx.stage.batch_size for name, f in feeds.items()}
+    feeder.start_epoch(0, {name: [rng.choice(n, size[name], replace=size[name] > n) for _ in range(pool)] for name in feeds})
+    steps = [{name: feeder.fetch(name, i, g) for name in feeds} for i in range(pool)]
     return lambda i: steps[i % pool]
 
 

@@ -2,7 +2,9 @@
 
 On CUDA, ``torch.cuda.set_sync_debug_mode("warn")`` warns at every synchronising call; on the CPU, where
 nothing waits, a ``TorchDispatchMode`` counts the ops that would (``_local_scalar_dense`` behind
-``.item()``, and ``nonzero``, whose output size needs the data). Steps are told apart by the engine's one
+``.item()``, and ``nonzero``, whose output size needs the data), and also the tensors a step makes from host
+data, each a host-to-device copy on a GPU (timm and airbench build constants once per device and keep the
+epoch's plan there). Steps are told apart by the engine's one
 call of ``lr_at`` per step, and counting stops when the stage reaches ``finish_stage``. A clean loop shows
 counts only at its logging steps (every ``LOG_EVERY``, and each epoch's last).
 """
@@ -15,6 +17,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 SYNC_OPS = ("aten._local_scalar_dense", "aten.nonzero", "aten.item")
+#: A tensor made from host data (torch.tensor, as_tensor, from_numpy): on a GPU, a host-to-device copy.
+HOST_OPS = ("aten.lift_fresh",)
 #: The stages the device check counts (recipe, stage): a CE step, SSD's rotation step, the strong recipe's step.
 CHECKED = (("cifar100-lt/ce", "ce"), ("cifar100-lt/ssd", "stage1"), ("cifar100-lt/strong", "ce"))
 TOY_CROP = [{"op": "random_crop", "size": 16, "padding": 2}, {"op": "random_hflip"}]
@@ -40,11 +44,17 @@ def one_epoch(recipe_name: str, stage: str, device: str, toy: bool):
 class _Tally:
     def __init__(self):
         self.per_step: list[int] = []
+        self.host_per_step: list[int] = []
         self.active = False
 
-    def bump(self) -> None:
+    def step(self) -> None:
+        self.active = True
+        self.per_step.append(0)
+        self.host_per_step.append(0)
+
+    def bump(self, host: bool = False) -> None:
         if self.active and self.per_step:
-            self.per_step[-1] += 1
+            (self.host_per_step if host else self.per_step)[-1] += 1
 
 
 class _CpuSyncs(TorchDispatchMode):
@@ -53,21 +63,22 @@ class _CpuSyncs(TorchDispatchMode):
         self.tally = tally
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if str(func.overloadpacket) in SYNC_OPS:
-            self.tally.bump()
+        op = str(func.overloadpacket)
+        if op in SYNC_OPS or op in HOST_OPS:
+            self.tally.bump(host=op in HOST_OPS)
         return func(*args, **(kwargs or {}))
 
 
-def count_syncs(recipe, data, out_dir: Path) -> list[int]:
-    """Train ``recipe`` (size it beforehand) and return the syncs counted in each training step, in order."""
+def count_syncs(recipe, data, out_dir: Path) -> tuple[list[int], list[int] | None]:
+    """Train ``recipe`` (size it beforehand); ``(syncs, host_tensors)`` counted in each training step, in order.
+    ``host_tensors`` (tensors made from host data inside a step) is counted on the CPU only: None on CUDA."""
     from ..engine import loop
     from ..engine.pipeline import run_recipe
 
     tally, real_lr_at, real_finish = _Tally(), loop.lr_at, loop.finish_stage
 
     def marking_lr_at(*a, **k):  # once per step, before the step's own work reaches the device
-        tally.active = True
-        tally.per_step.append(0)
+        tally.step()
         return real_lr_at(*a, **k)
 
     def finishing(*a, **k):
@@ -91,4 +102,4 @@ def count_syncs(recipe, data, out_dir: Path) -> list[int]:
         loop.lr_at, loop.finish_stage, warnings.showwarning = real_lr_at, real_finish, show
         if cuda:
             torch.cuda.set_sync_debug_mode(0)
-    return tally.per_step
+    return tally.per_step, None if cuda else tally.host_per_step

@@ -186,13 +186,27 @@ def decode_image(path: Path, size: int, decoder: str = "auto") -> np.ndarray:
     return decode_bytes(data, size, decoder, str(path))
 
 
+def probe_image(h: int = 375, w: int = 500) -> np.ndarray:
+    """A cache-sized photo-like test image: odd sides (partial MCUs), colour gradients and a fine texture."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    a = np.stack([xx / w * 255, yy / h * 255, 127 + 100 * np.sin(xx / 3.0) * np.cos(yy / 5.0)], axis=2)
+    return np.clip(a, 0, 255).astype(np.uint8)
+
+
 @functools.lru_cache(maxsize=None)
 def gpu_decoder_available(device: str) -> bool:
-    """Whether torchvision's nvJPEG decoding works on ``device`` here (tried once on a tiny JPEG)."""
+    """Whether torchvision's nvJPEG decoding works on ``device`` here: tried once on a batch of two cache-sized
+    4:2:0 JPEGs of different, odd sizes, each within 3 grey levels (mean) of the CPU's decode of the same bytes."""
     if not device.startswith("cuda"):
         return False
     try:
-        decode_jpegs_gpu([encode_jpeg(np.zeros((16, 16, 3), np.uint8), 90)], device)
+        images = [probe_image(), probe_image(257, 341)]
+        blobs = [encode_jpeg(a, 85) for a in images]
+        for got, a, blob in zip(decode_jpegs_gpu(blobs, device), images, blobs):
+            want = decode_bytes(blob, min(a.shape[:2])).astype(np.float32)
+            got = got.permute(1, 2, 0).cpu().numpy().astype(np.float32)
+            if got.shape != want.shape or np.abs(got - want).mean() >= 3.0:
+                return False
         return True
     except Exception:  # no torchvision, a CPU-only build, no GPU, or no nvJPEG
         return False

@@ -209,6 +209,7 @@ class FileStore:
         self.threads = threads or min(16, os.cpu_count() or 1)
         self.decoder, self.quality, self.square, self.decode_device = decoder, quality, square, decode_device
         self._pool = self._cache = self.gpu = None
+        self._gpu_failed = False  # set when a device decode failed: every later use_device keeps the CPU
 
     def __len__(self) -> int:
         return len(self.rel_paths)
@@ -220,7 +221,7 @@ class FileStore:
         """Decode cached images on ``device`` where torchvision's nvJPEG works there (``data.decode_device``:
         auto = where it works, cpu = never, cuda = always, else an error). The crops then run there too."""
         self.gpu = None
-        if self.decode_device == "cpu" or device.type != "cuda":
+        if self.decode_device == "cpu" or device.type != "cuda" or self._gpu_failed:  # a failure is for good
             return
         if self.cache_dir and gpu_decoder_available(str(device)):
             self.gpu = device
@@ -267,7 +268,7 @@ class FileStore:
                 return ImageList(decode_jpegs_gpu(list(self._pool.map(self._cache.get, index.tolist())), self.gpu), self.gpu)
             except Exception as e:  # the CPU decodes the same bytes to the same sizes
                 warnings.warn(f"decoding on {self.gpu} failed ({type(e).__name__}: {e}); decoding on the CPU from now on")
-                self.gpu = None
+                self.gpu, self._gpu_failed = None, True
         return ImageList(list(self._pool.map(self._one, index.tolist())), map=self._pool.map)
 
 

@@ -33,8 +33,13 @@ class Sampler:
     def epoch_size(self) -> int:
         return len(self.labels)
 
+    # Only whole batches (runtime.compile, as timm trains): a compiled step would recompile for the short one.
+    drop_last: bool = False
+
     @property
     def steps_per_epoch(self) -> int:
+        if self.drop_last:
+            return self.epoch_size // self.batch_size
         return math.ceil(self.epoch_size / self.batch_size)
 
     def order(self, epoch: int) -> np.ndarray:
@@ -42,7 +47,7 @@ class Sampler:
 
     def plan(self, epoch: int) -> list[np.ndarray]:
         idx = self.order(epoch)
-        return [idx[i : i + self.batch_size] for i in range(0, len(idx), self.batch_size)]
+        return [idx[i : i + self.batch_size] for i in range(0, len(idx), self.batch_size)][: self.steps_per_epoch]
 
     def batch(self, epoch: int, step: int, rank: int = 0, world: int = 1, plan=None) -> np.ndarray:
         """This rank's share of global batch ``step``: every ``world``-th index from ``rank``.
@@ -123,11 +128,18 @@ def _cycle(rng: np.random.Generator, items: np.ndarray, n: int) -> np.ndarray:
     return np.concatenate([rng.permutation(items) for _ in range(passes)])[:n]
 
 
-def build_sampler(kind: str, labels, batch_size: int, seed: int, samples_per_class: int = 4, epoch_length: str = "dataset") -> Sampler:
+def build_sampler(kind: str, labels, batch_size: int, seed: int, samples_per_class: int = 4, epoch_length: str = "dataset",
+                  drop_last: bool = False) -> Sampler:
     if kind == "instance":
-        return InstanceSampler(labels, batch_size, seed)
-    if kind == "class_balanced":
-        return ClassBalancedSampler(labels, batch_size, seed, samples_per_class, epoch_length)
-    if kind == "sqrt":
-        return SqrtSampler(labels, batch_size, seed)
-    raise ConfigError(f"sampler: unknown sampler {kind!r}; choose from instance, class_balanced, sqrt")
+        s = InstanceSampler(labels, batch_size, seed)
+    elif kind == "class_balanced":
+        s = ClassBalancedSampler(labels, batch_size, seed, samples_per_class, epoch_length)
+    elif kind == "sqrt":
+        s = SqrtSampler(labels, batch_size, seed)
+    else:
+        raise ConfigError(f"sampler: unknown sampler {kind!r}; choose from instance, class_balanced, sqrt")
+    s.drop_last = drop_last
+    if s.steps_per_epoch == 0:
+        raise ConfigError(f"sampler: runtime.compile trains whole batches only, and an epoch of {s.epoch_size} "
+                          f"images holds no whole batch of {batch_size}")
+    return s

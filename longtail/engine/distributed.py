@@ -50,7 +50,7 @@ def gather_batches(mine: list[torch.Tensor], sizes: list[int], rt: Runtime) -> t
     every batch of the split, which every rank knows without asking.
     """
     if not rt.distributed:
-        return torch.cat(mine) if mine else torch.empty(0)
+        return torch.cat(mine).cpu() if mine else torch.empty(0)
     if not sizes:
         return torch.empty(0)
     # rank 0 always holds batch 0, so it alone knows an output's shape for a rank that scored nothing

@@ -19,8 +19,9 @@ def eval_batches(n: int, batch_size: int) -> list[np.ndarray]:
 @torch.no_grad()
 def predict_batches(predict: Callable[[torch.Tensor], torch.Tensor], batches: list[np.ndarray],
                     load: Callable[[np.ndarray], object], prepare: Callable[[object], torch.Tensor]) -> list[torch.Tensor]:
-    """Float CPU outputs of ``batches``, in order: ``load(index)`` runs one batch ahead on a thread (file
-    decoding overlaps the model), ``prepare`` turns what it returns into model input."""
+    """Float outputs of ``batches``, in order, left on the device (one copy back at the end, not a sync per
+    batch): ``load(index)`` runs one batch ahead on a thread (file decoding overlaps the model), ``prepare``
+    turns what it returns into model input."""
     out = []
     with ThreadPoolExecutor(1, thread_name_prefix="eval-load") as pool:
         ahead = pool.submit(load, batches[0]) if batches else None
@@ -28,7 +29,7 @@ def predict_batches(predict: Callable[[torch.Tensor], torch.Tensor], batches: li
             loaded = ahead.result()
             if k + 1 < len(batches):
                 ahead = pool.submit(load, batches[k + 1])
-            out.append(predict(prepare(loaded)).float().cpu())
+            out.append(predict(prepare(loaded)).float())
     return out
 
 

@@ -18,7 +18,6 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ..data.augment.mix import Mixer
 from ..data.samplers import build_sampler
 from ..errors import CheckpointError, TrainingError
 from ..methods.base import Batch, Method, get_method
@@ -26,7 +25,7 @@ from ..models.resnet import load_torchvision_state_dict
 from .checkpoint import load_checkpoint, save_atomic
 from .context import StageContext, init_seed
 from .distributed import broadcast_object, sync_from_main
-from .feeder import BatchLoader
+from .feeder import stage_loader
 from .finish import TrainedStage, finish_stage, val_fields
 from .optim import build_optimizer, lr_at
 from .passes import evaluate_split
@@ -110,12 +109,12 @@ def train_stage(ctx: StageContext, stage_dir: Path, resume: bool = False) -> dic
     streams, train = method.feeds(), ctx.data.train
     samplers = {
         name: build_sampler(f.sampler, train.labels, f.batch_size or stage.batch_size, seed=derive_seed(seed, stage.name, name) & 0x7FFFFFFF,
-                            samples_per_class=stage.samples_per_class, epoch_length=stage.epoch_length)
+                            samples_per_class=stage.samples_per_class, epoch_length=stage.epoch_length, drop_last=rt.compile)
         for name, f in streams.items()
     }
     steps_per_epoch = next(iter(samplers.values())).steps_per_epoch
     total_steps = stage.epochs * steps_per_epoch
-    loader = BatchLoader(train, ctx.augment(stage.augment), rt, seed, stage.name, rt.rank, mixer=Mixer(stage.mix))
+    loader = stage_loader(ctx, method, seed)
 
     ckpt_path = stage_dir / "checkpoint.pt"
     gstep, history = 0, []
@@ -124,7 +123,11 @@ def train_stage(ctx: StageContext, stage_dir: Path, resume: bool = False) -> dic
 
     train_model = model
     if rt.distributed:
-        train_model = DistributedDataParallel(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
+        # No buffer broadcast each forward (every BN statistic, and ImageNet-LT's 32 MiB MoCo queue): training
+        # reads neither across ranks, the queue is the same on every rank (enqueue gathers), and evaluation
+        # and final.pt take rank 0's statistics (sync_from_main).
+        train_model = DistributedDataParallel(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None,
+                                              broadcast_buffers=False)
     if rt.compile:
         train_model = torch.compile(train_model)
 
@@ -147,15 +150,16 @@ def train_stage(ctx: StageContext, stage_dir: Path, resume: bool = False) -> dic
     t_start, plans = time.perf_counter(), None
     while gstep < total_steps:
         epoch, step = divmod(gstep, steps_per_epoch)
-        if plans is None or step == 0:  # each epoch's plan, and the resumed epoch's
+        if plans is None or step == 0:  # each epoch's plan, and the resumed epoch's: this rank's share of each batch
             plans = {name: s.plan(epoch) for name, s in samplers.items()}
+            loader.start_epoch(epoch, {name: [samplers[name].batch(epoch, k % len(p), rt.rank, rt.world, p)
+                                              for k in range(steps_per_epoch)] for name, p in plans.items()})
             method.train_mode(model)
             running, seen = None, 0
         g = step_generator(rt.device, seed, stage.name, epoch, step, rt.rank)
-        shard = lambda name, s: samplers[name].batch(epoch, s % len(plans[name]), rt.rank, rt.world, plans[name])  # noqa: E731
-        batch = {name: loader.fetch(shard(name, step), g, (epoch, step, name)) for name in samplers}
+        batch = {name: loader.fetch(name, step, g) for name in samplers}
         for name in samplers if step + 1 < steps_per_epoch else ():
-            loader.prefetch(shard(name, step + 1), (epoch, step + 1, name))
+            loader.prefetch(name, step + 1)
         lr = lr_at(gstep, total_steps, steps_per_epoch, stage.optim.lr, stage.schedule)
         for group in optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)

@@ -10,6 +10,7 @@ from ..data.augment import Augment, ImageList
 from ..data.images import ImageSet
 from .distributed import gather_batches
 from .evaluate import accuracy_metrics, eval_batches, predict_batches
+from .streams import SideStream, to_device
 
 
 def size_to_input(aug: Augment, images, g: torch.Generator) -> tuple[torch.Tensor, bool]:
@@ -32,22 +33,23 @@ def predict_split(ctx, model: nn.Module, split: ImageSet, fn) -> torch.Tensor:
     Under DDP every rank must call it: each scores a share of the batches, and all get the whole result."""
     rt = ctx.runtime
     aug = ctx.augment(ctx.stage.eval_augment)
-    g, g_cpu = torch.Generator(device=rt.device), torch.Generator()
+    g, g_cpu, side = torch.Generator(device=rt.device), torch.Generator(), SideStream(rt.device)
     decode_on_device(split, rt)
 
-    def load(index):  # on the look-ahead thread: file images are cut to the input size there
-        return size_to_input(aug, split.load(index)[0], g_cpu)
+    def cut(index):  # on the look-ahead thread and its stream: file images are cut to the input size there
+        x, sized = size_to_input(aug, split.load(index)[0], g_cpu)
+        return to_device(x, rt.device), sized
 
     def prepare(loaded):
-        x, sized = loaded
-        x = aug(x.to(rt.device, non_blocking=True), g, sized=sized)
+        x, sized = side.hand_over(*loaded)
+        x = aug(x, g, sized=sized)
         return x.contiguous(memory_format=torch.channels_last) if rt.channels_last else x
 
     batches = eval_batches(len(split), ctx.recipe.runtime.eval_batch_size)
     was_training = model.training
     model.eval()
     with rt.autocast():
-        mine = predict_batches(lambda x: fn(model, x), batches[rt.rank::rt.world], load, prepare)
+        mine = predict_batches(lambda x: fn(model, x), batches[rt.rank::rt.world], lambda i: side.run(cut, i), prepare)
     model.train(was_training)
     return gather_batches(mine, [len(b) for b in batches], rt)
 

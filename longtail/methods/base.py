@@ -24,13 +24,13 @@ from ..models.classifier import build_classifier, load_fitting
 
 @dataclass
 class Batch:
-    """One stream's share of a step: augmented (and perhaps mixed) input, labels, the raw uint8 images
-    (a tensor, or an ImageList of file images), and where training stands (losses that change over the
-    schedule, such as DRW, read it)."""
+    """One stream's share of a step: augmented (and perhaps mixed) input, labels, the extra augmented views
+    of the same images that the method's feed asks for (``Feed.views``), and where training stands (losses
+    that change over the schedule, such as DRW, read it)."""
 
     x: torch.Tensor
     y: torch.Tensor
-    raw: torch.Tensor
+    views: dict[str, torch.Tensor] = field(default_factory=dict)
     epoch: int = 0  # the 0-based epoch of this step
     mix: MixedLabels | None = None  # set when x is a mix of two images: every loss scores both labels (losses.class_ce)
 
@@ -41,6 +41,9 @@ class Feed:
 
     sampler: str
     batch_size: int | None = None  # None: the stage's batch_size
+    # Extra views of each batch's images, {name: augment preset or spec}: cut with the input on the look-ahead
+    # thread (for file images, off the training thread), then augmented from the step's generator after it.
+    views: dict = field(default_factory=dict)
 
 
 @dataclass

@@ -31,7 +31,7 @@ from ..data.augment import random_rotate90
 from ..errors import ConfigError
 from ..losses import class_ce
 from ..models.moco import MoCo
-from .base import Method, Term, register, unwrap
+from .base import Feed, Method, Term, register, unwrap
 
 
 def kd_loss(student_logits: torch.Tensor, soft_targets: torch.Tensor, T: float) -> torch.Tensor:
@@ -65,10 +65,15 @@ class SSDSelfSupervised(Method):
     def __init__(self, ctx):
         super().__init__(ctx)
         if self.p.self_sup == "moco":
-            self.key_augment = ctx.augment(self.p.key_augment)
+            ctx.augment(self.p.key_augment)  # an unknown preset is a config error now, not at the first step
         if self.p.moco_bn_splits < 1:
             raise ConfigError(f"stages.{self.stage.name}.params.moco_bn_splits: must be a positive integer "
                               f"(1: one BN batch), got {self.p.moco_bn_splits}")
+
+    def feeds(self):
+        """MoCo's key view is cut beside the query, on the look-ahead thread."""
+        views = {"key": self.p.key_augment} if self.p.self_sup == "moco" else {}
+        return {"x": Feed(self.stage.sampler, views=views)}
 
     def build_model(self):
         model = super().build_model()
@@ -99,10 +104,7 @@ class SSDSelfSupervised(Method):
             if self.p.self_sup == "none":
                 return ce, {"ce": ce.detach()}
             moco = core.aux["moco"]
-            x_key = self.key_augment(b.raw, g)
-            if self.ctx.runtime.channels_last:
-                x_key = x_key.contiguous(memory_format=torch.channels_last)
-            k = moco.keys(nn.Sequential(core.backbone, core.neck), x_key, g)
+            k = moco.keys(nn.Sequential(core.backbone, core.neck), b.views["key"], g)
             l_self = moco.loss(out["feat"], k, b.y if self.p.moco_mask_same_label else None)
             moco.enqueue(k, b.y)
         loss = self.p.a1 * ce + self.p.a2 * l_self

@@ -93,4 +93,4 @@ class MoCo(nn.Module):
         idx = (self.ptr + torch.arange(n, device=k.device)) % size
         self.queue[idx] = k.to(self.queue.dtype)
         self.queue_labels[idx] = labels
-        self.ptr.fill_(int((self.ptr + n) % size))
+        self.ptr.copy_((self.ptr + n) % size)  # on the device: int() here would be a host sync every step

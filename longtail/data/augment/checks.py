@@ -1,5 +1,7 @@
-"""Shared checks of the batched ops: shapes, devices, channels."""
+"""Shared checks of the batched ops (shapes, devices, channels), and their constants."""
 from __future__ import annotations
+
+import functools
 
 import torch
 
@@ -7,6 +9,13 @@ from longtail.errors import ConfigError
 
 # ITU-R BT.601 luma weights.
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+
+
+@functools.lru_cache(maxsize=256)
+def constant(values: tuple, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """A small constant, built once per (values, device, dtype), as timm builds its mean and std once per
+    device: made in a step, it would be a host-to-device copy every step. Never modify the result in place."""
+    return torch.tensor(values, dtype=dtype, device=device)
 
 
 def _per_image(mask: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from longtail.errors import ConfigError
 
-from .checks import LUMA_WEIGHTS, _check_batch, _check_rgb, _per_image
+from .checks import LUMA_WEIGHTS, _check_batch, _check_rgb, _per_image, constant
 
 # --------------------------------------------------------------------------
 # Colour
@@ -47,7 +47,7 @@ def hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
     selecting among the six hue sectors.
     """
     hue, sat, val = x.unbind(1)
-    n = torch.tensor([5.0, 3.0, 1.0], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    n = constant((5.0, 3.0, 1.0), x.device, x.dtype).view(1, 3, 1, 1)
     k = torch.remainder(n + 6.0 * hue.unsqueeze(1), 6.0)
     ramp = torch.minimum(k, 4.0 - k).clamp(0.0, 1.0)
     return val.unsqueeze(1) - (val * sat).unsqueeze(1) * ramp
@@ -232,8 +232,8 @@ def gaussian_blur(
 def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """Per-channel ``(x - mean) / std``."""
     _check_batch("normalize", x)
-    m = torch.as_tensor(mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-    s = torch.as_tensor(std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+    m = constant(tuple(map(float, mean)), x.device, x.dtype).view(1, -1, 1, 1)
+    s = constant(tuple(map(float, std)), x.device, x.dtype).view(1, -1, 1, 1)
     if m.shape[1] != x.shape[1] or s.shape[1] != x.shape[1]:
         raise ConfigError(
             f"augment op 'normalize': mean/std have {m.shape[1]}/{s.shape[1]} values "

@@ -112,8 +112,12 @@ def resized_crop_boxes(
     first one that fits is kept, which gives the same distribution.
     """
     dev = g.device
-    h = torch.as_tensor(height, device=dev).to(torch.float64).expand(n).reshape(n, 1)
-    w = torch.as_tensor(width, device=dev).to(torch.float64).expand(n).reshape(n, 1)
+    def per_image(side):  # a number is filled on the device (a kernel), not copied there from the host
+        if isinstance(side, torch.Tensor):
+            return side.to(dev, torch.float64).expand(n).reshape(n, 1)
+        return torch.full((n, 1), float(side), dtype=torch.float64, device=dev)
+
+    h, w = per_image(height), per_image(width)
     u = torch.rand(n, attempts, 4, generator=g, device=dev, dtype=torch.float64)
     target_area = h * w * (scale[0] + (scale[1] - scale[0]) * u[..., 0])
     log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])

@@ -52,16 +52,16 @@ def _hw(a) -> tuple[int, int]:
 
 
 def _resize(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """uint8 ``(3, h, w)``: antialiased bilinear, as Pillow's BILINEAR."""
-    y = F.interpolate(x[None].float(), size=(h, w), mode="bilinear", antialias=True, align_corners=False)[0]
-    return y.round_().clamp_(0, 255).to(torch.uint8)
+    """Float ``(3, h, w)``, not yet rounded: antialiased bilinear, as Pillow's BILINEAR. Two kernels an image
+    (the images differ in size); the rounding to uint8 runs once on the stacked batch (``_stack``)."""
+    return F.interpolate(x[None].float(), size=(h, w), mode="bilinear", antialias=True, align_corners=False)[0]
 
 
 def _stack(crops: list, size: int, device: torch.device) -> torch.Tensor:
     if not crops:
         return torch.zeros((0, 3, size, size), dtype=torch.uint8, device=device)
-    if isinstance(crops[0], torch.Tensor):
-        return torch.stack(crops).to(device)
+    if isinstance(crops[0], torch.Tensor):  # decoded on the device: float crops, rounded together
+        return torch.stack([c.float() for c in crops]).round_().clamp_(0, 255).to(torch.uint8).to(device)
     x = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2)
     if device.type == "cuda":
         x = x.pin_memory()

@@ -18,7 +18,7 @@ from typing import NamedTuple
 import torch
 
 from . import policy_ops as O
-from .checks import _check_batch, _check_rgb
+from .checks import _check_batch, _check_rgb, constant
 
 OpFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (images, (n,) arguments) -> images
 
@@ -137,10 +137,10 @@ def _aa_tables() -> dict[str, torch.Tensor]:
         for key, column in zip(cols, zip(*rows)):
             cols[key].append(list(column))
     dtypes = {"kind": torch.long, "signed": torch.bool}
-    return {k: torch.tensor(v, dtype=dtypes.get(k, torch.float64)) for k, v in cols.items()}
+    return {k: (tuple(map(tuple, v)), dtypes.get(k, torch.float64)) for k, v in cols.items()}
 
 
-AA_TABLES = _aa_tables()
+AA_TABLES = _aa_tables()  # {column: (values, dtype)}; constant() puts each on a device once
 
 
 class AutoAugmentDraws(NamedTuple):
@@ -166,7 +166,7 @@ def autoaugment_with(x: torch.Tensor, draws: AutoAugmentDraws, fill: float = FIL
     """
     _check_batch("autoaugment_cifar", x)
     _check_rgb("autoaugment_cifar", x)
-    t = {k: v.to(x.device)[draws.subpolicy.to(x.device)] for k, v in AA_TABLES.items()}
+    t = {k: constant(v, x.device, dtype)[draws.subpolicy.to(x.device)] for k, (v, dtype) in AA_TABLES.items()}
     sign = torch.where(t["signed"], _signs(draws.sign.to(x.device)), 1.0)
     arg = t["base"] + sign * t["value"]
     fire = draws.fire.to(x.device) < t["prob"]
@@ -229,7 +229,8 @@ def randaugment_params(count: int, n: int, m: float, mstd: float, p: float,
 
 def ra_args(op: torch.Tensor, level: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
     """Each drawn op's argument from its level, by :data:`RA_OPS`."""
-    scale, base, signed, whole = (torch.tensor(col, device=op.device) for col in zip(*RA_OPS.values()))
+    scale, base, signed, whole = (constant(col, op.device, dtype) for col, dtype in
+                                  zip(zip(*RA_OPS.values()), (torch.float32, torch.float32, torch.bool, torch.bool)))
     value = base[op] + scale[op] * level.to(scale.dtype)
     value = torch.where(whole[op], torch.floor(value), value)
     return torch.where(signed[op], sign.to(value.dtype) * value, value)
