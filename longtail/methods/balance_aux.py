@@ -26,8 +26,7 @@ from torch import nn
 from ..data.augment import random_rotate90, rotate90
 from ..errors import ConfigError
 from ..losses import class_ce
-from .base import Feed, Method, Term, add_aux, register, repeat_labels
-from .base import unwrap
+from .base import Feed, Method, Term, add_aux, register, repeat_labels, split_rows, sum_terms, unwrap
 
 
 @dataclass
@@ -48,15 +47,15 @@ class BalanceAux(Method):
         if min(self.p.l1, self.p.l2, self.p.l3) < 0 or self.p.l1 + self.p.l2 == 0:
             raise ConfigError(f"stages.{self.stage.name}.params: loss weights must be >= 0 and l1 + l2 > 0")
 
+    SAMPLERS = {"cbs": "class_balanced", "rrs": "instance"}
+
     def feeds(self):
-        # A weight of 0 drops its stream: 0 : 1 is RRS-only, 1 : 0 is CBS-only.
-        feeds = {"cbs": Feed("class_balanced"), "rrs": Feed("instance")}
-        weights = {"cbs": self.p.l1, "rrs": self.p.l2}
-        return {k: f for k, f in feeds.items() if weights[k] > 0}
+        """The streams the terms read: a weight of 0 drops its stream (0 : 1 is RRS-only, 1 : 0 CBS-only)."""
+        return {t.feed: Feed(self.SAMPLERS[t.feed]) for t in self.terms().values()}
 
     def terms(self):
-        """The two class-head CEs, for a ``compose`` stage. The rotation term needs rotated copies in the
-        same backbone call, so it lives in ``loss`` only."""
+        """The two class-head CEs, also for a ``compose`` stage. The rotation term needs rotated copies in the
+        same backbone call, so ``loss`` adds it."""
         c, terms = self.ctx.num_classes, {}
         if self.p.l1 > 0:
             terms["cbs"] = Term(self.p.l1, lambda core, out, b: class_ce(out["main"], b), feed="cbs", heads=("main",))
@@ -75,13 +74,10 @@ class BalanceAux(Method):
         return model
 
     def loss(self, model, batch, g):
-        core = unwrap(model)
-        # (stream, head, weight): with one stream only, it trains the exported head h itself.
-        heads = {"cbs": core.heads["main"], "rrs": core.aux["rrs_head"] if "rrs_head" in core.aux else core.heads["main"]}
-        streams = [(name, heads[name], w) for name, w in (("cbs", self.p.l1), ("rrs", self.p.l2)) if name in batch]
-        sizes = [len(batch[name].y) for name, _, _ in streams]
-        x = torch.cat([batch[name].x for name, _, _ in streams])
-        copies = 1
+        core, terms = unwrap(model), self.terms()
+        feeds = [t.feed for t in terms.values()]
+        sizes = [len(batch[f].y) for f in feeds]
+        x, copies = torch.cat([batch[f].x for f in feeds]), 1
         if self.p.rotation == "task":
             x_rot, k = random_rotate90(x, g)
             x = torch.cat([x, x_rot])
@@ -89,17 +85,11 @@ class BalanceAux(Method):
             # Every image in all four orientations, each keeping its class label.
             x = torch.cat([rotate90(x, torch.full((len(x),), r, device=x.device)) for r in range(4)])
             copies = 4
-        feat = model(x)["feat"]  # one backbone call for every input of the step (see the module docstring)
-        n = sum(sizes)
-        loss, parts = 0.0, {}
-        for i, (name, head, w) in enumerate(streams):
-            lo = sum(sizes[:i])
-            f = torch.cat([feat[c * n + lo : c * n + lo + sizes[i]] for c in range(copies)])
-            l_stream = class_ce(head(f), repeat_labels(batch[name], copies))
-            loss = loss + w * l_stream
-            parts[name] = l_stream.detach()
+        out = model(x)  # one backbone call for every input of the step (see the module docstring)
+        outs = dict(zip(feeds, split_rows(out, sizes, copies)))
+        loss, parts = sum_terms(core, outs, {f: repeat_labels(batch[f], copies) for f in feeds}, terms)
         if self.p.rotation == "task":
-            l_ss = F.cross_entropy(core.aux["rotation"](feat[n:]).float(), k)
+            l_ss = F.cross_entropy(core.aux["rotation"](out["feat"][sum(sizes):]).float(), k)
             loss = loss + self.p.l3 * l_ss
             parts["ss"] = l_ss.detach()
         return loss, parts

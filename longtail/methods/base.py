@@ -77,22 +77,31 @@ def add_aux(model: nn.Module, terms: dict[str, Term]) -> None:
                 model.aux[name] = make(model.feature_dim)
 
 
-def weighted_loss(model: nn.Module, batch: dict[str, Batch], terms: dict[str, Term]) -> tuple[torch.Tensor, dict]:
-    """sum_i w_i * L_i. Every feed's batch goes through the backbone in one call: BatchNorm then normalises
-    over the union of the step's inputs, the model BalanceAux trains (see methods/balance_aux.py)."""
-    feeds = [f for f in batch if any(t.feed == f for t in terms.values())]
-    if len(feeds) == 1:
-        outs = {feeds[0]: model(batch[feeds[0]].x)}
-    else:
-        sizes = [len(batch[f].y) for f in feeds]
-        out = model(torch.cat([batch[f].x for f in feeds]))
-        outs = {f: {k: v[end - n : end] for k, v in out.items()} for f, n, end in zip(feeds, sizes, accumulate(sizes))}
-    core, loss, parts = unwrap(model), None, {}
+def split_rows(out: dict, sizes: list[int], copies: int = 1) -> list[dict]:
+    """Each input's rows of one forward over ``copies`` stacked copies of [input_1; ...; input_k] (a copy's
+    rows are sum(sizes) apart); rows past the copies (extra views) belong to no input."""
+    n = sum(sizes)
+    return [{k: torch.cat([v[c * n + end - m : c * n + end] for c in range(copies)]) if copies > 1 else v[end - m : end]
+             for k, v in out.items()} for m, end in zip(sizes, accumulate(sizes))]
+
+
+def sum_terms(core: nn.Module, outs: dict[str, dict], batch: dict[str, Batch], terms: dict[str, Term]) -> tuple[torch.Tensor, dict]:
+    """sum_i w_i * L_i, each term on its feed's outputs and batch."""
+    loss, parts = None, {}
     for name, t in terms.items():
         value = t.fn(core, outs[t.feed], batch[t.feed])
         loss = t.weight * value if loss is None else loss + t.weight * value
         parts[name] = value.detach()
     return loss, parts
+
+
+def weighted_loss(model: nn.Module, batch: dict[str, Batch], terms: dict[str, Term]) -> tuple[torch.Tensor, dict]:
+    """sum_i w_i * L_i. Every feed's batch goes through the backbone in one call: BatchNorm then normalises
+    over the union of the step's inputs, the model BalanceAux trains (see methods/balance_aux.py)."""
+    feeds = [f for f in batch if any(t.feed == f for t in terms.values())]
+    x = batch[feeds[0]].x if len(feeds) == 1 else torch.cat([batch[f].x for f in feeds])
+    outs = dict(zip(feeds, split_rows(model(x), [len(batch[f].y) for f in feeds])))
+    return sum_terms(unwrap(model), outs, batch, terms)
 
 
 def repeat_labels(b: Batch, copies: int) -> Batch:
