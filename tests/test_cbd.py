@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from test_engine import beats_constant_guess  # noqa: E402
 from longtail.config import recipe_from_dict
 from longtail.engine.checkpoint import load_checkpoint
 from longtail.engine.context import StageContext
@@ -114,12 +115,12 @@ def test_teacher_ensemble_is_the_mean_of_teacher_probabilities(cbd_run, data):
 
 def test_a_teacher_from_another_run_by_path(cbd_run, data, tmp_path):
     out, _ = cbd_run
-    r = cbd_recipe(teachers=[str(out / "t_std" / "final.pt")])
+    r = cbd_recipe(teachers=[str(out / "t_std" / "final.pt")], epochs=6)
     r.stages = [s for s in r.stages if s.name == "cbd"]
     res = run_recipe(r, tmp_path, data=data)
     assert load_checkpoint(tmp_path / "cbd" / "final.pt")["model"]["heads.main.weight"].shape == (6, 64)  # K = 1: no h
     assert res["final"]["num_images"] == len(data.test)
-    assert res["final"]["top1"] == pytest.approx(np.mean(res["final"]["per_class"]), abs=1e-3)  # balanced test set
+    beats_constant_guess(res["final"]["top1"], data.test.labels)
     assert str(out / "t_std" / "final.pt") in (tmp_path / "recipe.yaml").read_text()  # the teacher it learned from
 
 

@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from test_engine import beats_constant_guess  # noqa: E402
 from longtail.config import keep_stages, load_recipe
 from longtail.engine.checkpoint import load_checkpoint
 from longtail.engine.context import StageContext
@@ -75,13 +76,14 @@ def test_composed_loss_is_the_weighted_sum_of_the_three_papers_terms(data):
 
 
 def test_recipe_trains_end_to_end(data, tmp_path):
-    r = tiny()
+    r = load_recipe(RECIPE, TINY, epochs_scale=0.03)  # every stage 6 epochs: enough to beat a constant guess
     keep_stages(r, ["student"])  # the teachers of its parts count as its inputs
     assert [s.name for s in r.stages] == ["stage1", "stage2", "student"]
     res = run_recipe(r, tmp_path, data=data)
     assert list(res["stages"]) == ["stage1", "stage2", "student"] and res["final"]["stage"] == "student"
     final = res["final"]
-    assert final["num_images"] == len(data.test) and final["top1"] == pytest.approx(np.mean(final["per_class"]), abs=1e-3)
+    assert final["num_images"] == len(data.test)
+    beats_constant_guess(final["top1"], data.test.labels)
     exported = load_checkpoint(tmp_path / "student" / "final.pt")["model"]
     assert {k.split(".")[1] for k in exported if k.startswith("heads.")} == {"hard", "soft"}
     assert not any(k.startswith("aux.") for k in exported)  # h_a is training-only

@@ -110,7 +110,7 @@ def test_torchrun_two_ranks_train_a_recipe_from_the_cli(tmp_path):
 
     import yaml
 
-    from test_engine import tiny_recipe
+    from test_engine import beats_constant_guess, tiny_recipe
 
     recipe = tiny_recipe(epochs=2).to_dict()
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(recipe))
@@ -123,7 +123,8 @@ def test_torchrun_two_ranks_train_a_recipe_from_the_cli(tmp_path):
     assert results["provenance"]["world_size"] == 2
     assert "world 2" in results["provenance"]["device"]
     final = results["final"]  # scored once, on the whole balanced test set (10 classes x 20)
-    assert final["num_images"] == 200 and final["top1"] == pytest.approx(np.mean(final["per_class"]), abs=1e-3)
+    assert final["num_images"] == 200
+    beats_constant_guess(final["top1"], np.repeat(np.arange(10), 20))  # the two ranks' training learned
     assert done.stdout.count("results:") == 1  # rank 0 alone prints
 
 

@@ -327,13 +327,13 @@ def test_file_backed_folder_dataset_trains_with_prefetch(tmp_path):
 
     rng = np.random.default_rng(0)
     root = tmp_path / "imgs"
-    for c, n in enumerate([40, 20, 10, 6]):
+    for c, n in enumerate([120, 60, 30, 18]):
         (root / f"class{c}").mkdir(parents=True)
         colour = rng.integers(0, 255, 3)
         for i in range(n):
             px = np.clip(colour + rng.normal(0, 25, (16, 16, 3)), 0, 255).astype(np.uint8)
             Image.fromarray(px).save(root / f"class{c}" / f"{i:03d}.png")
-    recipe = tiny_recipe(epochs=6)
+    recipe = tiny_recipe(epochs=8)
     recipe.data.dataset, recipe.data.image_root, recipe.data.image_size = "folder", str(root), 16
     data = build_data(recipe.data, tmp_path)
     assert not isinstance(data.train.store, type(synthetic_bundle().train.store))  # file-backed
@@ -350,9 +350,10 @@ def test_file_backed_folder_dataset_trains_with_prefetch(tmp_path):
         res = run_recipe(recipe, tmp_path / "run", data=data)
     finally:
         Feeder.fetch = original
-    assert sum(loads) == len(loads) - 6  # every step but each epoch's first came from the prefetch
-    # One colour per class: the trained model must beat always answering the largest class (3 of 9).
-    assert res["final"]["num_images"] == len(data.test) and res["final"]["top1"] > 100 * 3 / 9 + 1
+    assert sum(loads) == len(loads) - 8  # every step but each epoch's first came from the prefetch
+    # One colour per class: the trained model must beat always answering the largest class by 5 sd.
+    assert res["final"]["num_images"] == len(data.test)
+    beats_constant_guess(res["final"]["top1"], data.test.labels)
 
 
 def test_divergence_is_a_clear_error_and_keeps_checkpoints(data, tmp_path):

@@ -127,8 +127,11 @@ def test_bad_input_row(setup, fragments, tiny_run, tmp_path, capsys):
     argv, protected = setup(tmp_path, tiny_run)
     # Every run folder the row set up (earlier results and checkpoints) is the one it protects, and holds files.
     assert run_folders(tmp_path) == ([protected] if protected else [])
-    run_before = snapshot(protected) if protected else {}
-    assert not protected or any(v is not None for v in run_before.values())
+    if protected is None:  # a row on a new --out still has earlier work to keep: a finished run beside it
+        protected = tmp_path.with_name(tmp_path.name + "-earlier-run")  # outside tmp_path: no row's data folder
+        shutil.copytree(tiny_run[1], protected)
+    run_before = snapshot(protected)
+    assert any(name.endswith("final.pt") for name in run_before) and any(v is not None for v in run_before.values())
     before = snapshot(tmp_path)  # the run folder, recipes, images, checkpoints: every path, hash and mtime
     new_out = Path(argv[argv.index("--out") + 1]) if "--out" in argv else None
     new_out = new_out if new_out is not None and not new_out.exists() else None

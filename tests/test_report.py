@@ -17,6 +17,7 @@ from longtail.report.embed import PCA_LABEL, embed_2d, pick_classes
 from longtail.report.html import write_report
 from longtail.report.runs import load_run
 from longtail.report.record import dense_confusion, load_record
+from figures import assert_drawn  # noqa: E402
 
 AUG = [{"op": "random_crop", "size": 16, "padding": 2}, {"op": "random_hflip"}, {"op": "normalize"}]
 CE = {"name": "ce", "method": "ce", "epochs": 2, "optim": {"lr": 0.1}}
@@ -54,6 +55,9 @@ def test_every_file_is_written(report):
             "curves_crt.png", "features_ce.png", "confusions_ce.png", "confusions_crt.png", "stage_gain_crt_crt.png"} <= names
     assert "features_crt.png" not in names  # runtime.report_features=0 keeps no features
     assert all(p.is_file() and p.stat().st_size > 0 for p in written)
+    for p in written:
+        if p.suffix == ".png":
+            assert_drawn(p)
     assert {p.name for p in out.iterdir()} == names
 
 
@@ -241,3 +245,23 @@ def test_every_commit_a_committed_record_names_exists_or_is_marked():
                if subprocess.run(["git", "-C", str(repo), "cat-file", "-e", f"{c}^{{commit}}"], capture_output=True).returncode != 0]
     assert missing == []
     assert "07814ed729fadf60cd6eda217934da83f4a83ce4" in marked
+
+
+def test_an_empty_figure_does_not_count_as_drawn(tmp_path):
+    """The figure check behind the report tests: an axes with labels but no data fails it, one line passes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for name, data in (("empty", None), ("line", [1, 3, 2])):
+        fig, ax = plt.subplots(figsize=(4, 3))
+        ax.set_xlabel("training images")
+        ax.set_ylabel("accuracy")
+        if data:
+            ax.plot(data)
+        fig.savefig(tmp_path / f"{name}.png", dpi=80)
+        plt.close(fig)
+    with pytest.raises(AssertionError, match="nothing is plotted"):
+        assert_drawn(tmp_path / "empty.png")
+    assert_drawn(tmp_path / "line.png")

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from test_engine import beats_constant_guess  # noqa: E402
 from longtail.config import recipe_from_dict
 from longtail.engine.checkpoint import load_checkpoint
 from longtail.engine.context import StageContext
@@ -16,6 +17,7 @@ from longtail.methods import get_method
 from longtail.data.augment import random_rotate90
 from longtail.methods.ssd import kd_loss
 from longtail.models.moco import MoCo, info_nce, momentum_update
+from figures import assert_drawn  # noqa: E402
 
 AUG = [{"op": "random_crop", "size": 16, "padding": 2}, {"op": "random_hflip"}, {"op": "normalize"}]
 
@@ -115,14 +117,14 @@ def test_pipeline_reports_every_stage_and_the_label_distribution(ssd_run, data):
     assert list(res["stages"]) == ["stage1", "stage2", "stage3", "stage3_soft", "stage4"]
     assert res["final"]["stage"] == "stage4"
     for m in res["stages"].values():
-        # the synthetic test set is balanced (20 a class), so top-1 is the mean of the per-class accuracies
-        assert len(m["per_class"]) == 6 and m["top1"] == pytest.approx(np.mean(m["per_class"]), abs=1e-3)
+        assert len(m["per_class"]) == 6 and m["num_images"] == len(data.test)
+    beats_constant_guess(res["final"]["top1"], data.test.labels)  # the pipeline learned, not only ran
     dist = res["stages"]["stage3"]["report"]["label_distribution"]
     n = len(data.train)
     assert dist["original"] == data.train_counts.tolist()
     assert sum(dist["distilled"]) == pytest.approx(n, rel=1e-3)  # soft labels sum to one per image
     assert dist["class_balanced"] == [pytest.approx(n / 6)] * 6
-    assert (out / "stage3" / "label_distribution.png").stat().st_size > 1000
+    assert_drawn(out / "stage3" / "label_distribution.png")
 
 
 def test_stage3_is_reinitialised_and_teacher_untouched(ssd_run):
@@ -150,19 +152,18 @@ def test_ablations_train_one_head(mode, data, tmp_path):
 
 
 def test_moco_stage_runs_and_moves_the_key_encoder(data, tmp_path):
-    r = ssd_recipe(self_sup="moco", epochs=1, moco_queue=64, moco_dim=16, key_augment="cifar_strong")
+    r = ssd_recipe(self_sup="moco", epochs=3, moco_queue=64, moco_dim=16, key_augment="cifar_strong")
     r.stages = r.stages[:1]
     method, fresh = method_and_model(data, r, "stage1")
     res = run_recipe(r, tmp_path, data=data)
     st = load_checkpoint(tmp_path / "stage1" / "checkpoint.pt")["model"]  # resumable state keeps the MoCo parts
     assert not any(k.startswith("aux.") for k in load_checkpoint(tmp_path / "stage1" / "final.pt")["model"])
-    steps = -(-len(data.train) // 32)
-    assert st["aux.moco.ptr"].item() == (steps * 32 - (steps * 32 - len(data.train))) % 64
+    assert st["aux.moco.ptr"].item() == 3 * len(data.train) % 64  # every image of 3 epochs enqueued once
     assert not torch.equal(st["aux.moco.k_encoder.0.conv1.weight"], st["backbone.conv1.weight"])  # lags the query
     assert not torch.equal(st["aux.moco.k_encoder.0.conv1.weight"], fresh.state_dict()["aux.moco.k_encoder.0.conv1.weight"])
     assert '"ssl"' in (tmp_path / "stage1" / "metrics.jsonl").read_text()
     assert res["final"]["num_images"] == len(data.test)
-    assert res["final"]["top1"] == pytest.approx(np.mean(res["final"]["per_class"]), abs=1e-3)
+    beats_constant_guess(res["final"]["top1"], data.test.labels)
 
 
 def test_fresh_stages_get_their_own_init_seed_so_students_differ_from_teachers(data):
