@@ -316,6 +316,7 @@ def run(kills: int = 12, seed: int = 0, synthetic: bool = False, data_root: str 
         phase = (r["interrupted"] or {}).get("phase", "before its first report")
         by_phase[phase] = by_phase.get(phase, 0) + 1
     lost = len(failures) + (1 if diffs else 0)
+    threads = next((o.split("=", 1)[1] for o in reversed(overrides) if o.startswith("runtime.threads=")), 1)
     return {
         "what": "SIGKILL at seeded training steps of a CE -> LWS run (spread over each stage's steps), --resume after "
                 "each, results compared with an uninterrupted run",
@@ -349,7 +350,8 @@ def run(kills: int = 12, seed: int = 0, synthetic: bool = False, data_root: str 
         "kills": records,
         "provenance": {
             "commit": git_commit(), "torch": torch.__version__, "python": platform.python_version(),
-            "device": f"cpu ({cpu_name()}, {os.cpu_count()} cores), 1 intra-op thread", "host": platform.node(),
+            "device": f"cpu ({cpu_name()}, {os.cpu_count()} cores), {threads} intra-op thread(s) per training process",
+            "host": platform.node(),
             "command": " ".join(["python", "benchmarks/kill_resume.py", *sys.argv[1:]]) if __name__ == "__main__" else None,
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         },
