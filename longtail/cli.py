@@ -12,11 +12,13 @@ from .bench.commands import add_bench_parser
 from .errors import LongtailError
 
 
-def _table(metrics: dict, title: str = "") -> str:
+def _table(rows: dict[str, dict]) -> str:
+    """One header, then a row per stage (or split): top-1 / top-5 / many / medium / few."""
     fmt = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
-    head = f"{'':<14}{'top1':>8}{'top5':>8}{'many':>8}{'medium':>8}{'few':>8}"
-    row = f"{title:<14}" + "".join(f"{fmt(metrics.get(k)):>8}" for k in ("top1", "top5", "many", "medium", "few"))
-    return f"{head}\n{row}"
+    width = max([14, *(len(t) + 2 for t in rows)])
+    head = f"{'':<{width}}{'top1':>8}{'top5':>8}{'many':>8}{'medium':>8}{'few':>8}"
+    return "\n".join([head] + [f"{title:<{width}}" + "".join(f"{fmt(m.get(k)):>8}" for k in ("top1", "top5", "many", "medium", "few"))
+                                for title, m in rows.items()])
 
 
 def cmd_recipes(args) -> int:
@@ -200,8 +202,7 @@ def cmd_train(args) -> int:
     out = Path(args.out or Path("runs") / recipe.name.replace("/", "_"))
     results = run_recipe(recipe, out, data_root=args.data_root, resume=args.resume)
     if int(os.environ.get("RANK", "0")) == 0:
-        for name, m in results["stages"].items():
-            print(_table(m, name))
+        print(_table(results["stages"]))
         print(f"results: {out / 'results.json'}")
     return 0
 
@@ -210,7 +211,7 @@ def cmd_eval(args) -> int:
     from .engine.evaluate_checkpoint import evaluate_checkpoint
 
     metrics = evaluate_checkpoint(args.checkpoint, data_root=args.data_root, device=args.device, split=args.split)
-    print(_table(metrics, args.split), file=sys.stderr)  # for people; stdout stays machine-readable
+    print(_table({args.split: metrics}), file=sys.stderr)  # for people; stdout stays machine-readable
     print(json.dumps(metrics))
     return 0
 

@@ -140,3 +140,15 @@ def test_sigkill_mid_epoch_then_resume_matches(full_run, tmp_path):
     resumed = json.loads((out / "results.json").read_text())
     assert resumed["final"]["per_class"] == res["final"]["per_class"]
     assert resumed["final"]["top1"] == res["final"]["top1"]
+
+
+def test_train_prints_one_table_with_a_row_per_stage():
+    """The summary a multi-stage run prints: one header, then each stage's row (no header per stage)."""
+    from longtail.cli import _table
+
+    text = _table({"ce": {"top1": 39.771, "top5": 70.0, "many": 66.3, "medium": 39.1, "few": 9.6},
+                   "logit_adjust": {"top1": 43.98, "top5": 72.5, "many": None, "medium": 44.0, "few": 28.0}})
+    lines = text.splitlines()
+    assert len(lines) == 3 and lines[0].split() == ["top1", "top5", "many", "medium", "few"]
+    assert lines[1].split() == ["ce", "39.77", "70.00", "66.30", "39.10", "9.60"]
+    assert lines[2].split() == ["logit_adjust", "43.98", "72.50", "n/a", "44.00", "28.00"]
