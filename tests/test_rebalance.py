@@ -112,6 +112,15 @@ def test_tau_norm_drops_the_bias_and_normalises_rows(data):
             assert torch.allclose(model(x)["main"], by_hand, atol=1e-5)
 
 
+def test_tau_norm_on_a_cosine_head_is_a_config_error_naming_the_stage(data):
+    # A cosine head has no class norms to re-scale (they are all 1); this was an AttributeError traceback.
+    r = recipe("ce", "tau_norm")
+    r = recipe_from_dict({**r.to_dict(), "model": {"backbone": "resnet20", "head": "cosine"}})
+    ctx = StageContext(r, r.stage("tau_norm"), data, setup_runtime(r.runtime))
+    with pytest.raises(ConfigError, match=r"^stages\.tau_norm: tau_norm re-scales a linear head.*'main' is cosine.*logit_adjust"):
+        get_method("tau_norm")(ctx).build_model()
+
+
 def test_posthoc_logit_adjustment_tau_zero_changes_nothing(data):
     _, model, _ = built(data, "logit_adjust", "ce", "logit_adjust")
     prior = torch.tensor([0.4, 0.2, 0.15, 0.1, 0.1, 0.05])

@@ -126,6 +126,9 @@ class TauNormalisation(PostHoc):
     name = "tau_norm"
 
     def make_adjuster(self, model):
+        if not hasattr(model.heads[self.head_name], "fc"):  # a cosine head: its class norms are already all 1
+            raise ConfigError(f"stages.{self.stage.name}: tau_norm re-scales a linear head's class norms, and head "
+                              f"{self.head_name!r} is {self.ctx.recipe.model.head}; use logit_adjust on it instead")
         return TauNorm()
 
     def fit(self, model):

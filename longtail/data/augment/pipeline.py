@@ -184,6 +184,16 @@ PRESETS: dict[str, list[dict[str, Any]]] = {
         {"op": "cutout", "holes": 1},
         {"op": "normalize"},
     ],
+    # ProCo's (and PaCo's, BCL's) SimCLR-style CIFAR view for the contrastive branch (ProCo_cifar/main.py
+    # augmentation_sim_cifar): RandomResizedCrop(32) at the default 8-100 % area, flip, ColorJitter(0.4, 0.4,
+    # 0.4, 0.1) with p 0.8, grey with p 0.2; no blur.
+    "cifar_simclr": [
+        {"op": "random_resized_crop", "size": 32},
+        {"op": "random_hflip"},
+        {"op": "color_jitter", "brightness": 0.4, "contrast": 0.4, "saturation": 0.4, "hue": 0.1, "p": 0.8},
+        {"op": "random_grayscale", "p": 0.2},
+        {"op": "normalize"},
+    ],
     # timm's 'rand-n2-m10-mstd0.5' (STRONG.md section 3), the RandAugment of the ImageNet-LT, iNat and
     # Places recipes, after the CIFAR crop and flip; no CIFAR-LT code was found to use it.
     "cifar_randaugment": [
