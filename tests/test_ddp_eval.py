@@ -27,7 +27,7 @@ from longtail.engine.runtime import setup_runtime, shutdown_runtime
 from longtail.errors import ConfigError
 from longtail.methods import get_method
 from longtail.models.classifier import load_exported
-from longtail.report.record import stage_record
+from longtail.engine.finish import record_arrays
 
 COUNTS = [75, 45, 41, 37, 33, 30, 27, 25, 22, 20, 18, 16, 15, 13, 12]  # 429 training images, 15 classes
 VAL = [11] * 5 + [10] * 10  # 155 images
@@ -149,7 +149,7 @@ def test_one_process_rescoring_the_saved_weights_gets_identical_metrics(two_rank
         saved = results["stages"][name]
         assert {k: saved[k] for k in test} == test, name
         assert saved["val"] == {k: v for k, v in val.items() if k != "per_class"}, name
-        features = stage_record(method, model, ctx, predict_split(ctx, model, ctx.data.test, method.predict))["features"]
+        features = record_arrays(method, model, ctx, predict_split(ctx, model, ctx.data.test, method.predict))["features"]
         assert np.array_equal(np.load(out / "run" / name / "report.npz")["features"], features), name
 
 

@@ -181,12 +181,20 @@ def test_the_prepared_device_check_dry_run_passes(tmp_path):
     log = (tmp_path / "gpu_check.log").read_text()
     assert r.returncode == 0, log[-2000:]
     assert "done: 0 step(s) failed" in log
-    syncs = json.loads((tmp_path / "syncs-cpu.json").read_text())
-    assert set(syncs) == {"cifar100-lt/ce:ce", "cifar100-lt/ssd:stage1", "cifar100-lt/strong:ce"}
-    assert all(v["steps"] >= 30 for v in syncs.values())
-    assert all(v["host_tensors_per_step"] == [0] * v["steps"] for v in syncs.values())
-    assert "no CUDA" in json.loads((tmp_path / "nvjpeg-race-cpu.json").read_text())["skipped"]
-    assert (tmp_path / "throughput-cpu.json").is_file() and (tmp_path / "ce-s0" / "results.json").is_file()
+    got = {p.name: json.loads(p.read_text()) for p in tmp_path.glob("*-dry.json")}
+    # one name pattern (results/*-gpu.json on the device) and provenance naming the code in every file
+    assert set(got) == {f"{k}-dry.json" for k in ("syncs", "nvjpeg-race", "throughput", "ce", "bench-data", "ssd")}
+    from longtail.engine.runtime import code_hash
+    assert all(r["provenance"]["code_hash"] == code_hash() and r["provenance"]["commit"] for r in got.values())
+    syncs = got["syncs-dry.json"]
+    assert {k for k in syncs if k != "provenance"} == {"cifar100-lt/ce:ce", "cifar100-lt/ssd:stage1", "cifar100-lt/strong:ce"}
+    assert all(v["steps"] >= 30 and v["host_tensors_per_step"] == [0] * v["steps"] for k, v in syncs.items() if k != "provenance")
+    assert "no CUDA" in got["nvjpeg-race-dry.json"]["skipped"]
+    # CE and SSD against the committed CPU runs: every stage's top-1 difference, by the stage names of those runs
+    ce, ssd = got["ce-dry.json"], got["ssd-dry.json"]
+    assert set(ce["top1_minus_cpu"]) == {"ce"} and ce["cpu_stages"]["ce"]["top1"] == 39.77
+    assert ce["top1_minus_cpu"]["ce"] == pytest.approx(ce["stages"]["ce"]["top1"] - 39.77, abs=0.01)
+    assert set(ssd["top1_minus_cpu"]) == {"stage1", "stage2", "stage3", "stage3_soft", "stage4"} and ssd["cpu_stages"]["stage4"]["top1"] == 44.62
 
 
 def test_a_compiled_run_trains_whole_batches_only(tmp_path, monkeypatch):
@@ -277,3 +285,18 @@ def test_the_look_ahead_stream_drains_before_each_decode_and_hands_over_by_event
         calls.append(f"fetch {step}")
         assert loader.fetch("x", step, torch.Generator().manual_seed(0)).x.shape == (2, 3, 8, 8)
     assert calls == ["drain", "decode", "event", "fetch 0", "wait", "keep"] + ["drain", "decode", "event", "fetch 1", "wait", "keep"]
+
+
+def test_the_tracked_tree_and_the_data_pack_fit_one_device_call():
+    """A device call carries the tree (running checkpoints moved aside) and the pack: 64 MiB at most."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "device_payload.py"
+    spec = importlib.util.spec_from_file_location("device_payload", path)
+    payload = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(payload)
+    p = payload.payload()
+    assert p["pack_bytes"] > 50 * 2 ** 20  # the recorded pack (or the built one), not a missing number
+    assert p["tracked_tree_bytes"] + p["pack_bytes"] <= 64 * 2 ** 20, p
+    assert p["fits"] == (p["sum_bytes"] <= 64 * 2 ** 20)

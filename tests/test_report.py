@@ -265,3 +265,24 @@ def test_an_empty_figure_does_not_count_as_drawn(tmp_path):
     with pytest.raises(AssertionError, match="nothing is plotted"):
         assert_drawn(tmp_path / "empty.png")
     assert_drawn(tmp_path / "line.png")
+
+
+def test_the_stage_record_is_a_function_of_arrays_by_hand():
+    """report.npz from arrays alone (no model, no context): confusion cells, counts, names, norms and features."""
+    import numpy as np
+    import torch
+
+    from longtail.report.record import feature_rows, stage_record
+
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0], [3.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, 2.0, 0.0]])
+    labels = np.array([0, 1, 1, 2, 2])
+    rec = stage_record(logits, labels, [50, 20, 5], ["a", "b", "c"], weight_norms=[1.5, 1.0, 0.5],
+                       features=np.ones((2, 4)), feature_labels=[0, 2])
+    # predictions 0, 1, 0, 2, 1: cells (0,0) 1, (1,0) 1, (1,1) 1, (2,1) 1, (2,2) 1
+    assert sorted(map(tuple, rec["confusion"].tolist())) == [(0, 0, 1), (1, 0, 1), (1, 1, 1), (2, 1, 1), (2, 2, 1)]
+    assert rec["train_counts"].tolist() == [50, 20, 5] and rec["class_names"].tolist() == ["a", "b", "c"]
+    assert rec["weight_norms"].dtype == np.float32 and rec["features"].dtype == np.float16
+    assert "features" not in stage_record(logits, labels, [50, 20, 5], [], features=np.zeros((0, 4)), feature_labels=[])
+    # the first `cap` test images of each kept class, in dataset order
+    assert feature_rows([0, 1, 0, 0, 1, 2], [9, 5, 1], cap=2).tolist() == [0, 1, 2, 4, 5]
+    assert feature_rows([0, 1, 0], [9, 5, 1], cap=0).tolist() == []

@@ -44,6 +44,8 @@ METHOD_STAGES = {  # result key -> (recipe, stage)
     "strong_mixup": ("cifar100-lt/strong_mixup", "ce"),
     "strong": ("cifar100-lt/strong", "ce"),
     "strong_experts3": ("cifar100-lt/strong_experts", "ce"),
+    "strong_distill_student": ("cifar100-lt/strong_distill", "student"),
+    "proco": ("cifar100-lt/proco", "ce"),
 }
 
 
@@ -127,4 +129,6 @@ def method_costs(data: DataBundle, rt: Runtime, steps: int, warmup: int, batch: 
                   f"{r['peak_mem_mib']:7.1f} MiB peak", flush=True)
     for r in out.values():
         r["step_time_vs_ce"] = round(r["ms_per_step"] / out["ce"]["ms_per_step"], 3)
+        # an epoch draws the same images whatever the batch: its cost against a CE epoch (issue 28's budget unit)
+        r["epoch_cost_vs_ce"] = round(out["ce"]["images_per_s"] / r["images_per_s"], 3)
     return out

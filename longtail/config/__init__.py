@@ -46,7 +46,6 @@ from .recipes import (
     load_recipe,
     recipe_from_dict,
 )
-from .coerce import _coerce  # noqa: F401  (the augment-spec parser checks op arguments with it)
 
 __all__ = [
     "ConfigError",

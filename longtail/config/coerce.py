@@ -78,24 +78,45 @@ def _coerce(value, tp, key: str):
     raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")
 
 
-def from_dict(cls, data, prefix: str = ""):
-    """Build dataclass ``cls`` from a mapping, rejecting unknown keys by their dotted name."""
+def from_dict(cls, data, prefix: str = "", op: str | None = None):
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys by their dotted name.
+
+    A field's metadata may add ``choices`` (allowed values) or ``check`` (a range test) with ``needs`` (what a
+    value must be). ``op`` (e.g. "augment op 'cutout'") names the mapping as the parameters of one op: its
+    messages then say "unknown / missing parameter", and a missing field without a default is named here
+    rather than left to the dataclass's TypeError.
+    """
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix or 'recipe'}: expected a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    fields_meta = {f.name: f.metadata for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in fields:
+            if op is not None:
+                raise ConfigError(f"{op}: unknown parameter {key!r}; expected one of: {', '.join(fields) or 'none'}")
+            dotted = f"{prefix}.{key}" if prefix else str(key)
+            raise ConfigError(f"unknown config key {dotted!r}; valid keys here: {', '.join(sorted(fields))}")
+    if op is not None:
+        for key, f in fields.items():
+            if key not in data and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"{op}: missing parameter {key!r}")
     kwargs = {}
     for key, value in data.items():
-        dotted = f"{prefix}.{key}" if prefix else str(key)
-        if key not in names:
-            raise ConfigError(f"unknown config key {dotted!r}; valid keys here: {', '.join(sorted(names))}")
-        kwargs[key] = _coerce(value, hints[key], dotted)
-        choices = fields_meta[key].get("choices")
+        meta = fields[key].metadata
+        dotted = f"{op}: parameter {key!r}" if op is not None else (f"{prefix}.{key}" if prefix else str(key))
+        try:
+            kwargs[key] = _coerce(value, hints[key], dotted)
+        except ConfigError as e:
+            if op is None or not meta.get("needs"):
+                raise
+            raise ConfigError(f"{dotted} {meta['needs']} ({e}), got {value!r}") from None
+        choices, check = meta.get("choices"), meta.get("check")
         if choices and kwargs[key] not in choices:
             raise ConfigError(f"{dotted}: {kwargs[key]!r} is not one of {', '.join(choices)}")
+        if check is not None and not check(kwargs[key]):
+            raise ConfigError(f"{dotted} {meta.get('needs') or 'is invalid'}, got {value!r}")
     return cls(**kwargs)
 
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from torch import nn
 
 from ..data.images import DataBundle
 from ..methods.base import Method
+from ..models.adjust import class_weight_norms
 from ..models.classifier import exported_state
-from ..report.record import save_record, stage_record
+from ..report.record import feature_rows, save_record, stage_record
 from .checkpoint import load_checkpoint, save_atomic
 from .context import StageContext, init_seed
 from .distributed import sync_from_main
@@ -33,6 +35,30 @@ def data_card(d: DataBundle) -> dict:
     return {"name": d.name, "class_names": [str(n) for n in d.class_names] or [str(c) for c in range(d.num_classes)],
             "train_counts": [int(c) for c in d.train_counts], "mean": list(d.mean), "std": list(d.std),
             "image_size": d.image_size, "crop_size": d.input_size}
+
+
+class _Rows:
+    """Some rows of a split, with the ``len`` / ``load`` interface that evaluation reads."""
+
+    def __init__(self, split, index: np.ndarray):
+        self.split, self.index = split, index
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def load(self, index):
+        return self.split.load(self.index[np.asarray(index)])
+
+
+def record_arrays(method: Method, model: nn.Module, ctx: StageContext, test_logits) -> dict:
+    """What ``report.npz`` keeps: the model's parts of it (class norms, a few classes' test features) taken
+    here, the rest of the record a pure function of arrays (report/record.py)."""
+    test = ctx.data.test
+    norms = class_weight_norms(model, method.head_name)
+    rows = feature_rows(test.labels, ctx.train_counts, ctx.recipe.runtime.report_features if hasattr(model, "features") else 0)
+    feats = predict_split(ctx, model, _Rows(test, rows), lambda m, x: m.features(x)) if len(rows) else None
+    return stage_record(test_logits, test.labels, ctx.train_counts, ctx.data.class_names,
+                        None if norms is None else norms.numpy(), feats, test.labels[rows])
 
 
 def val_fields(val: dict) -> dict:
@@ -59,7 +85,7 @@ def finish_stage(method: Method, model: nn.Module, ctx: StageContext, stage_dir:
     test_logits = predict_split(ctx, model, ctx.data.test, method.predict)
     test = score_logits(ctx, test_logits, ctx.data.test)
     # Before final.pt, so every finished stage has its record: the report then never re-runs the model.
-    record = stage_record(method, model, ctx, test_logits)
+    record = record_arrays(method, model, ctx, test_logits)
     if rt.is_main:
         save_record(stage_dir, record)
     extra = method.report(model)

@@ -138,12 +138,15 @@ CODE_DIRS = ("longtail", "recipes")  # what a run's code hash covers, and where 
 
 
 def git_commit(root: Path | None = None) -> str | None:
-    """HEAD of the checkout the code runs from, ``-dirty`` when its code differs from that commit."""
+    """HEAD of the checkout the code runs from, ``-dirty`` when its code differs from that commit. Where the
+    tree was copied without ``.git`` (the device machine), ``LONGTAIL_COMMIT`` if set: the code hash beside it
+    in every record checks that it names this code."""
+    fallback = os.environ.get("LONGTAIL_COMMIT") or None
     try:
         root = root or Path(__file__).resolve().parents[2]
         out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
         if out.returncode != 0:
-            return None
+            return fallback
         # results/ holds outputs (full runs commit their checkpoints as they go): not the code that ran.
         # A new, uncommitted module runs too: untracked files under the code folders count.
         changed = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--", ".",
@@ -152,7 +155,7 @@ def git_commit(root: Path | None = None) -> str | None:
                              capture_output=True, text=True, timeout=5).stdout.strip()
         return out.stdout.strip() + ("-dirty" if changed or new else "")
     except (OSError, subprocess.SubprocessError):
-        return None
+        return fallback
 
 
 def code_hash(root: Path | None = None) -> str:

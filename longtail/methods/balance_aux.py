@@ -26,6 +26,7 @@ from torch import nn
 from ..data.augment import random_rotate90, rotate90
 from ..errors import ConfigError
 from ..losses import class_ce
+from ..models.adjust import class_weight_norms
 from .base import Feed, Method, Term, add_aux, register, repeat_labels, split_rows, sum_terms, unwrap
 
 
@@ -96,7 +97,5 @@ class BalanceAux(Method):
 
     def report(self, model):
         """The data behind the paper's Fig. 4: the L2 norm of each class's weight vector in h."""
-        from ..report.record import class_weight_norms
-
         return {"classifier_weight_norms": [round(float(v), 5) for v in class_weight_norms(model, "main", adjusted=False)],
                 "train_counts": [int(c) for c in self.ctx.train_counts]}

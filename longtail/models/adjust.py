@@ -61,3 +61,23 @@ class NearestClassMean(nn.Module):
 
     def forward(self, logits, feat, head):
         return F.normalize(feat.float(), dim=1) @ F.normalize(self.means, dim=1).t()
+
+
+@torch.no_grad()
+def class_weight_norms(model: nn.Module, head_name: str, adjusted: bool = True) -> torch.Tensor | None:
+    """||w_c|| of a head's class weights; with ``adjusted``, as scaled by LWS or tau-norm, which is what
+    the logits see (Kang et al. 2020, Fig. 2). None for models without class heads (ensembles)."""
+    heads = getattr(model, "heads", None)
+    if heads is None or head_name not in heads:
+        return None
+    head = heads[head_name]
+    w = head.fc.weight if hasattr(head, "fc") else getattr(head, "weight", None)
+    if w is None:
+        return None
+    norms = w.detach().float().norm(dim=1)
+    adjuster = model.adjust[head_name] if adjusted and head_name in model.adjust else None
+    if isinstance(adjuster, LWSScale):
+        norms = norms * adjuster.scale.detach().float().abs()
+    elif isinstance(adjuster, TauNorm):
+        norms = norms.pow(1.0 - adjuster.tau.float())
+    return norms.cpu()

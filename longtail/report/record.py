@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 RECORD_NAME = "report.npz"
 FEATURE_CLASSES = 24  # classes whose test features are kept; the t-SNE picks from these
@@ -39,28 +38,6 @@ def dense_confusion(cells: np.ndarray, num_classes: int) -> np.ndarray:
     return matrix
 
 
-@torch.no_grad()
-def class_weight_norms(model: nn.Module, head_name: str, adjusted: bool = True) -> torch.Tensor | None:
-    """||w_c|| of a head's class weights; with ``adjusted``, as scaled by LWS or tau-norm, which is what
-    the logits see (Kang et al. 2020, Fig. 2). None for models without class heads (ensembles)."""
-    from ..models.adjust import LWSScale, TauNorm
-
-    heads = getattr(model, "heads", None)
-    if heads is None or head_name not in heads:
-        return None
-    head = heads[head_name]
-    w = head.fc.weight if hasattr(head, "fc") else getattr(head, "weight", None)
-    if w is None:
-        return None
-    norms = w.detach().float().norm(dim=1)
-    adjuster = model.adjust[head_name] if adjusted and head_name in model.adjust else None
-    if isinstance(adjuster, LWSScale):
-        norms = norms * adjuster.scale.detach().float().abs()
-    elif isinstance(adjuster, TauNorm):
-        norms = norms.pow(1.0 - adjuster.tau.float())
-    return norms.cpu()
-
-
 def feature_classes(train_counts, k: int = FEATURE_CLASSES) -> np.ndarray:
     """``k`` classes evenly spaced over the classes sorted by training count, so many-, medium- and
     few-shot classes are all present in proportion to their share."""
@@ -69,43 +46,34 @@ def feature_classes(train_counts, k: int = FEATURE_CLASSES) -> np.ndarray:
     return np.sort(order[picks])
 
 
-class _Rows:
-    """Some rows of a split, with the ``len`` / ``load`` interface that evaluation reads."""
+def feature_rows(test_labels, train_counts, cap: int) -> np.ndarray:
+    """Which test images keep their features: the first ``cap`` of each class in ``feature_classes``, in dataset order."""
+    labels = np.asarray(test_labels)
+    if cap <= 0:
+        return np.zeros(0, dtype=np.int64)
+    keep = np.isin(labels, feature_classes(train_counts))
+    rank = np.zeros(len(labels), dtype=np.int64)
+    for c in np.unique(labels[keep]):
+        members = np.flatnonzero(labels == c)
+        rank[members] = np.arange(len(members))
+    return np.flatnonzero(keep & (rank < cap))
 
-    def __init__(self, split, index: np.ndarray):
-        self.split, self.index = split, index
 
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def load(self, index):
-        return self.split.load(self.index[np.asarray(index)])
-
-
-def stage_record(method, model: nn.Module, ctx, test_logits: torch.Tensor) -> dict[str, np.ndarray]:
-    """The arrays of ``report.npz`` for a finished stage; ``test_logits`` are the ones it was scored with."""
-    test, counts = ctx.data.test, np.asarray(ctx.train_counts)
+def stage_record(test_logits: torch.Tensor, test_labels, train_counts, class_names, weight_norms=None,
+                 features=None, feature_labels=None) -> dict[str, np.ndarray]:
+    """The arrays of ``report.npz`` for a finished stage, from arrays alone: ``test_logits`` are the ones it was
+    scored with; ``weight_norms`` (C,) and the kept test ``features`` with their labels where the model has them."""
+    counts = np.asarray(train_counts)
     arrays = {
         "train_counts": counts.astype(np.int64),
-        "confusion": confusion_cells(test_logits, test.labels, ctx.num_classes),
-        "class_names": np.array([str(n) for n in ctx.data.class_names] or [str(c) for c in range(ctx.num_classes)]),
+        "confusion": confusion_cells(test_logits, test_labels, len(counts)),
+        "class_names": np.array([str(n) for n in class_names] or [str(c) for c in range(len(counts))]),
     }
-    norms = class_weight_norms(model, method.head_name)
-    if norms is not None:
-        arrays["weight_norms"] = norms.numpy().astype(np.float32)
-    cap = ctx.recipe.runtime.report_features
-    if cap > 0 and hasattr(model, "features"):
-        keep = np.isin(test.labels, feature_classes(counts))
-        # the first ``cap`` test images of each kept class, in dataset order
-        rank = np.zeros(len(test.labels), dtype=np.int64)
-        for c in np.unique(test.labels[keep]):
-            members = np.flatnonzero(test.labels == c)
-            rank[members] = np.arange(len(members))
-        index = np.flatnonzero(keep & (rank < cap))
-        if len(index):
-            feats = ctx.predict_split(model, _Rows(test, index), lambda m, x: m.features(x))
-            arrays["features"] = feats.numpy().astype(np.float16)
-            arrays["feature_labels"] = test.labels[index].astype(np.int64)
+    if weight_norms is not None:
+        arrays["weight_norms"] = np.asarray(weight_norms, dtype=np.float32)
+    if features is not None and len(features):
+        arrays["features"] = np.asarray(features).astype(np.float16)
+        arrays["feature_labels"] = np.asarray(feature_labels).astype(np.int64)
     return arrays
 
 

@@ -8,14 +8,13 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from longtail.config import _coerce
+from longtail.config import from_dict
 from longtail.errors import ConfigError
 
 from . import color, geometry, perimage, policy
@@ -247,29 +246,13 @@ def parse_step(index: int, step: Any, mean=None, std=None) -> tuple[str, dict[st
     if name == "normalize":
         params.setdefault("mean", mean) if mean is not None else None
         params.setdefault("std", std) if std is not None else None
-    fields = {f.name: f for f in dataclasses.fields(op.params)}
-    hints = typing.get_type_hints(op.params)
-    for key in params:
-        if key not in fields:
-            raise ConfigError(f"augment op {name!r}: unknown parameter {key!r}; expected one of: {', '.join(fields) or 'none'}")
-    for key, f in fields.items():
-        if key not in params and f.default is dataclasses.MISSING:
-            hint = " (give it in the spec or pass the dataset's)" if name == "normalize" else ""
-            raise ConfigError(f"augment op {name!r}: missing parameter {key!r}{hint}")
-    where = f"augment op {name!r}: parameter"
-    for key, value in params.items():
-        if isinstance(value, torch.Tensor):
-            value = value.tolist()
-        try:
-            value = _coerce(value, hints[key], key)
-            check = fields[key].metadata["check"]
-            ok = check is None or check(value)
-        except ConfigError as e:
-            raise ConfigError(f"{where} {key!r} {fields[key].metadata['needs'] or 'is invalid'} ({e}), got {value!r}") from None
-        if not ok:
-            raise ConfigError(f"{where} {key!r} {fields[key].metadata['needs']}, got {value!r}")
-        params[key] = value
-    parsed = dataclasses.asdict(op.params(**params))
+    params = {k: v.tolist() if isinstance(v, torch.Tensor) else v for k, v in params.items()}
+    try:
+        checked = from_dict(op.params, params, op=f"augment op {name!r}")
+    except ConfigError as e:
+        hint = " (give it in the spec or pass the dataset's)" if name == "normalize" and "missing parameter" in str(e) else ""
+        raise ConfigError(f"{e}{hint}") from None
+    parsed = dataclasses.asdict(checked)
     if name == "normalize" and len(parsed["mean"]) != len(parsed["std"]):
         raise ConfigError("augment op 'normalize': mean and std must have the same length")
     return name, {k: v for k, v in parsed.items() if k in params}
