@@ -74,6 +74,9 @@ class BalanceAux(Method):
             model.aux["rotation"] = nn.Linear(model.feature_dim, 4)
         return model
 
+    def beyond_terms(self):
+        return {"task": "the rotation term (params.rotation: task)", "augment": "rotated copies (params.rotation: augment)"}.get(self.p.rotation, "")
+
     def loss(self, model, batch, g):
         core, terms = unwrap(model), self.terms()
         feeds = [t.feed for t in terms.values()]

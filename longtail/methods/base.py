@@ -224,6 +224,11 @@ class Method:
         """The weighted sum of ``terms``; a method whose loss needs more (extra views of the batch) overrides it."""
         return weighted_loss(model, batch, self.terms())
 
+    def beyond_terms(self) -> str:
+        """What ``loss`` adds to the sum of ``terms`` with these params ("": nothing). A ``compose`` stage sums
+        terms only, so it refuses a part whose loss has more rather than drop it unseen."""
+        return "" if type(self).loss is Method.loss else f"{self.name}'s own loss()"
+
     def report(self, model: nn.Module) -> dict:
         """Extra results of a trained stage for results.json (e.g. SSD's distilled-label distribution)."""
         return {}
@@ -283,6 +288,9 @@ class Compose(Method):
                 offered = sub.terms()
             except NotImplementedError as e:
                 raise ConfigError(f"{at}: {e}") from None
+            if sub.beyond_terms():
+                raise ConfigError(f"{at}: {part.method} with these params adds {sub.beyond_terms()} to its terms, "
+                                  f"which a compose stage cannot sum; train it as a stage of its own")
             weights = part.terms or {k: t.weight for k, t in offered.items()}
             for term, w in weights.items():
                 if term not in offered:

@@ -44,6 +44,9 @@ class ProCo(CrossEntropy):
             raise ConfigError(f"stages.{self.stage.name}.params: temperature must be > 0, alpha >= 0 and dim >= 4")
         ctx.augment(self.p.views)  # an unknown preset is a config error now, not at the first step
 
+    def terms(self):
+        raise NotImplementedError("proco scores two extra views of each image in its own loss; it has no terms to compose")
+
     def feeds(self):
         return {"x": Feed(self.stage.sampler, views={"v2": self.p.views, "v3": self.p.views})}
 
