@@ -281,7 +281,7 @@ class TwoFeeds(CrossEntropy):
     name = "two_feeds"
     labels_seen = {"cb": [], "inst": []}
 
-    def heads(self):
+    def head_widths(self):
         return {"main": self.ctx.num_classes, "aux": self.ctx.num_classes}
 
     def feeds(self):
@@ -342,7 +342,7 @@ def test_file_backed_folder_dataset_trains_with_prefetch(tmp_path):
     original = Feeder.fetch
 
     def spy(self, stream, step, g):
-        loads.append((stream, step) in self.ahead)
+        loads.append((stream, step) in self.prefetched)
         return original(self, stream, step, g)
 
     Feeder.fetch = spy
@@ -368,7 +368,7 @@ def test_divergence_is_a_clear_error_and_keeps_checkpoints(data, tmp_path):
 def test_read_segments_splits_at_each_start_and_sums_from_the_lines_between(tmp_path):
     import json
 
-    from longtail.engine.progress import read_segments
+    from longtail.engine.metric_log import read_segments
 
     lines = [{"step": 0, "time": 100.0, "event": "segment", "commit": "aaa", "host": "h"},
              {"step": 10, "time": 110.0, "loss": 1.0}, {"step": 20, "time": 130.0, "loss": 0.9},

@@ -281,7 +281,7 @@ def test_the_look_ahead_stream_drains_before_each_decode_and_hands_over_by_event
     loader.start_epoch(0, {"x": [np.array([0, 1]), np.array([2, 3])]})
     for step in (0, 1):
         loader.prefetch("x", step)
-        loader.ahead[("x", step)].result()  # the look-ahead is done: the order below is deterministic
+        loader.prefetched[("x", step)].result()  # the look-ahead is done: the order below is deterministic
         calls.append(f"fetch {step}")
         assert loader.fetch("x", step, torch.Generator().manual_seed(0)).x.shape == (2, 3, 8, 8)
     assert calls == ["drain", "decode", "event", "fetch 0", "wait", "keep"] + ["drain", "decode", "event", "fetch 1", "wait", "keep"]

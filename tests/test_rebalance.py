@@ -40,15 +40,15 @@ class TwoHeadCE(CrossEntropy):
 
     name = "two_head"
 
-    def heads(self):
-        return {"hard": self.ctx.num_classes, "soft": self.ctx.num_classes} if self.stage.init == "fresh" else super().heads()
+    def head_widths(self):
+        return {"hard": self.ctx.num_classes, "soft": self.ctx.num_classes} if self.stage.init == "fresh" else super().head_widths()
 
     @property
     def head_name(self):
         return "hard"
 
     def terms(self):
-        return {h: Term(1.0, lambda core, out, b, h=h: class_ce(out[h], b), heads=(h,)) for h in ("hard", "soft")}
+        return {h: Term(1.0, lambda classifier, out, b, h=h: class_ce(out[h], b), heads=(h,)) for h in ("hard", "soft")}
 
 
 METHODS["two_head"] = TwoHeadCE

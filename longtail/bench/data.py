@@ -167,11 +167,11 @@ def bench_data(args) -> dict:
                   flush=True)
         x = train_aug.size_images(store.load(np.arange(min(BATCH, n))), torch.Generator()).to(rt.device)
         g = torch.Generator(device=rt.device).manual_seed(0)
-        train_aug(x, g, sized=True)
+        train_aug(x, g, already_cut=True)
         synchronize(rt.device)
         t1 = time.perf_counter()
         for _ in range(3):
-            train_aug(x, g, sized=True)
+            train_aug(x, g, already_cut=True)
         synchronize(rt.device)
         batched = round(3 * len(x) / (time.perf_counter() - t1), 1)
 

@@ -24,11 +24,11 @@ def predict_batches(predict: Callable[[torch.Tensor], torch.Tensor], batches: li
     turns what it returns into model input."""
     out = []
     with ThreadPoolExecutor(1, thread_name_prefix="eval-load") as pool:
-        ahead = pool.submit(load, batches[0]) if batches else None
+        next_batch = pool.submit(load, batches[0]) if batches else None
         for k in range(len(batches)):
-            loaded = ahead.result()
+            loaded = next_batch.result()
             if k + 1 < len(batches):
-                ahead = pool.submit(load, batches[k + 1])
+                next_batch = pool.submit(load, batches[k + 1])
             out.append(predict(prepare(loaded)).float())
     return out
 

@@ -38,11 +38,11 @@ class BatchLoader:
         self.pool = None if self.tensors else ThreadPoolExecutor(1, thread_name_prefix="feed")
         self.side = SideStream(rt.device)
         self.labels = to_device(torch.from_numpy(split.labels), rt.device)  # once: steps index it on the device
-        self.epoch, self.batches, self.plan, self.ahead = 0, {}, {}, {}
+        self.epoch, self.batches, self.plan, self.prefetched = 0, {}, {}, {}
 
     def start_epoch(self, epoch: int, batches: dict[str, list[np.ndarray]]) -> None:
         """This rank's index batches of ``epoch`` per stream: one copy of each stream's whole plan to the device."""
-        self.epoch, self.batches, self.ahead = epoch, batches, {}
+        self.epoch, self.batches, self.prefetched = epoch, batches, {}
         for name, b in batches.items():
             bounds = np.cumsum([0] + [len(i) for i in b]).tolist()
             self.plan[name] = (to_device(torch.from_numpy(np.concatenate(b).astype(np.int64)), self.rt.device), bounds)
@@ -62,7 +62,7 @@ class BatchLoader:
 
     def prefetch(self, stream: str, step: int) -> None:
         if self.pool is not None:
-            self.ahead[(stream, step)] = self.pool.submit(self.side.run, self._cut, stream, step)
+            self.prefetched[(stream, step)] = self.pool.submit(self.side.run, self._cut, stream, step)
 
     def _layout(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.rt.channels_last else x
@@ -73,12 +73,12 @@ class BatchLoader:
         if self.tensors:
             store = self.split.store
             on_store = index if store.images.device == index.device else torch.from_numpy(self.batches[stream][step])
-            cut, sized = {"x": to_device(store.load(on_store), self.rt.device)}, False
+            cut, already_cut = {"x": to_device(store.load(on_store), self.rt.device)}, False
         else:
-            job: Future | None = self.ahead.pop((stream, step), None)
-            cut, sized = self.side.hand_over(*(job.result() if job is not None else self.side.run(self._cut, stream, step))), True
-        x = self._layout(self.augment(cut["x"], g, sized=sized))
-        views = {name: self._layout(aug(cut.get(name, cut["x"]), g, sized=sized))
+            job: Future | None = self.prefetched.pop((stream, step), None)
+            cut, already_cut = self.side.hand_over(*(job.result() if job is not None else self.side.run(self._cut, stream, step))), True
+        x = self._layout(self.augment(cut["x"], g, already_cut=already_cut))
+        views = {name: self._layout(aug(cut.get(name, cut["x"]), g, already_cut=already_cut))
                  for name, aug in self.views.get(stream, {}).items()}
         y = self.labels[index]
         mix = None

@@ -16,7 +16,7 @@ from .checkpoint import load_checkpoint, save_atomic
 from .context import StageContext, init_seed
 from .distributed import sync_from_main
 from .passes import evaluate_split, predict_split, score_logits
-from .progress import MetricLogger, read_segments
+from .metric_log import MetricLogger, read_segments
 
 
 @dataclass

@@ -30,7 +30,7 @@ from .finish import TrainedStage, finish_stage, val_fields
 from .optim import build_optimizer, lr_at
 from .passes import evaluate_split
 from ..progress import ProgressBar
-from .progress import MetricLogger
+from .metric_log import MetricLogger
 from .runtime import Runtime, derive_seed, step_generator
 
 LOG_EVERY = 25  # steps between loss read-backs: each one is a device sync
@@ -101,7 +101,7 @@ def train_stage(ctx: StageContext, stage_dir: Path, resume: bool = False) -> dic
     seed = ctx.recipe.runtime.seed if stage.seed is None else stage.seed  # sampling and augmentation streams
     method = get_method(stage.method)(ctx)
     model = build_stage_model(method, ctx, init_seed(ctx.recipe.runtime.seed, stage))
-    if method.train_scope == "none":  # post-hoc: tau-norm, NCM, logit adjustment
+    if method.trains == "none":  # post-hoc: tau-norm, NCM, logit adjustment
         return fit_post_hoc(method, model, ctx, stage_dir)
     optimizer = build_optimizer(method.parameters(model), stage.optim, model)
     scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.amp_dtype == torch.float16)

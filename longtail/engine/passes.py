@@ -14,7 +14,7 @@ from .streams import SideStream, to_device
 
 
 def size_to_input(aug: Augment, images, g: torch.Generator) -> tuple[torch.Tensor, bool]:
-    """``(batch, sized)``: file images cut to the input size by the augmentation's first op; tensors as they are."""
+    """``(batch, already_cut)``: file images cut to the input size by the augmentation's first op; tensors as they are."""
     if isinstance(images, ImageList):
         return aug.size_images(images, g), True
     return images, False
@@ -37,12 +37,12 @@ def predict_split(ctx, model: nn.Module, split: ImageSet, fn) -> torch.Tensor:
     decode_on_device(split, rt)
 
     def cut(index):  # on the look-ahead thread and its stream: file images are cut to the input size there
-        x, sized = size_to_input(aug, split.load(index)[0], g_cpu)
-        return to_device(x, rt.device), sized
+        x, already_cut = size_to_input(aug, split.load(index)[0], g_cpu)
+        return to_device(x, rt.device), already_cut
 
     def prepare(loaded):
-        x, sized = side.hand_over(*loaded)
-        x = aug(x, g, sized=sized)
+        x, already_cut = side.hand_over(*loaded)
+        x = aug(x, g, already_cut=already_cut)
         return x.contiguous(memory_format=torch.channels_last) if rt.channels_last else x
 
     batches = eval_batches(len(split), ctx.recipe.runtime.eval_batch_size)

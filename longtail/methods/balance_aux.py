@@ -45,7 +45,7 @@ class BalanceAux(Method):
 
     def __init__(self, ctx):
         super().__init__(ctx)
-        if min(self.p.l1, self.p.l2, self.p.l3) < 0 or self.p.l1 + self.p.l2 == 0:
+        if min(self.params.l1, self.params.l2, self.params.l3) < 0 or self.params.l1 + self.params.l2 == 0:
             raise ConfigError(f"stages.{self.stage.name}.params: loss weights must be >= 0 and l1 + l2 > 0")
 
     SAMPLERS = {"cbs": "class_balanced", "rrs": "instance"}
@@ -58,43 +58,43 @@ class BalanceAux(Method):
         """The two class-head CEs, also for a ``compose`` stage. The rotation term needs rotated copies in the
         same backbone call, so ``loss`` adds it."""
         c, terms = self.ctx.num_classes, {}
-        if self.p.l1 > 0:
-            terms["cbs"] = Term(self.p.l1, lambda core, out, b: class_ce(out["main"], b), feed="cbs", heads=("main",))
-        if self.p.l2 > 0 and self.p.l1 > 0:
-            terms["rrs"] = Term(self.p.l2, lambda core, out, b: class_ce(core.aux["rrs_head"](out["feat"]), b),
+        if self.params.l1 > 0:
+            terms["cbs"] = Term(self.params.l1, lambda classifier, out, b: class_ce(out["main"], b), feed="cbs", heads=("main",))
+        if self.params.l2 > 0 and self.params.l1 > 0:
+            terms["rrs"] = Term(self.params.l2, lambda classifier, out, b: class_ce(classifier.aux["rrs_head"](out["feat"]), b),
                                 feed="rrs", aux={"rrs_head": lambda d: nn.Linear(d, c)})
-        elif self.p.l2 > 0:  # RRS-only: the instance stream trains h itself
-            terms["rrs"] = Term(self.p.l2, lambda core, out, b: class_ce(out["main"], b), feed="rrs", heads=("main",))
+        elif self.params.l2 > 0:  # RRS-only: the instance stream trains h itself
+            terms["rrs"] = Term(self.params.l2, lambda classifier, out, b: class_ce(out["main"], b), feed="rrs", heads=("main",))
         return terms
 
     def build_model(self):
         model = super().build_model()
         add_aux(model, self.terms())
-        if self.p.rotation == "task":
+        if self.params.rotation == "task":
             model.aux["rotation"] = nn.Linear(model.feature_dim, 4)
         return model
 
     def beyond_terms(self):
-        return {"task": "the rotation term (params.rotation: task)", "augment": "rotated copies (params.rotation: augment)"}.get(self.p.rotation, "")
+        return {"task": "the rotation term (params.rotation: task)", "augment": "rotated copies (params.rotation: augment)"}.get(self.params.rotation, "")
 
     def loss(self, model, batch, g):
-        core, terms = unwrap(model), self.terms()
+        classifier, terms = unwrap(model), self.terms()
         feeds = [t.feed for t in terms.values()]
         sizes = [len(batch[f].y) for f in feeds]
         x, copies = torch.cat([batch[f].x for f in feeds]), 1
-        if self.p.rotation == "task":
+        if self.params.rotation == "task":
             x_rot, k = random_rotate90(x, g)
             x = torch.cat([x, x_rot])
-        elif self.p.rotation == "augment":
+        elif self.params.rotation == "augment":
             # Every image in all four orientations, each keeping its class label.
             x = torch.cat([rotate90(x, torch.full((len(x),), r, device=x.device)) for r in range(4)])
             copies = 4
         out = model(x)  # one backbone call for every input of the step (see the module docstring)
         outs = dict(zip(feeds, split_rows(out, sizes, copies)))
-        loss, parts = sum_terms(core, outs, {f: repeat_labels(batch[f], copies) for f in feeds}, terms)
-        if self.p.rotation == "task":
-            l_ss = F.cross_entropy(core.aux["rotation"](out["feat"][sum(sizes):]).float(), k)
-            loss = loss + self.p.l3 * l_ss
+        loss, parts = sum_terms(classifier, outs, {f: repeat_labels(batch[f], copies) for f in feeds}, terms)
+        if self.params.rotation == "task":
+            l_ss = F.cross_entropy(classifier.aux["rotation"](out["feat"][sum(sizes):]).float(), k)
+            loss = loss + self.params.l3 * l_ss
             parts["ss"] = l_ss.detach()
         return loss, parts
 

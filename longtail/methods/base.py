@@ -85,11 +85,11 @@ def split_rows(out: dict, sizes: list[int], copies: int = 1) -> list[dict]:
              for k, v in out.items()} for m, end in zip(sizes, accumulate(sizes))]
 
 
-def sum_terms(core: nn.Module, outs: dict[str, dict], batch: dict[str, Batch], terms: dict[str, Term]) -> tuple[torch.Tensor, dict]:
+def sum_terms(classifier: nn.Module, outs: dict[str, dict], batch: dict[str, Batch], terms: dict[str, Term]) -> tuple[torch.Tensor, dict]:
     """sum_i w_i * L_i, each term on its feed's outputs and batch."""
     loss, parts = None, {}
     for name, t in terms.items():
-        value = t.fn(core, outs[t.feed], batch[t.feed])
+        value = t.fn(classifier, outs[t.feed], batch[t.feed])
         loss = t.weight * value if loss is None else loss + t.weight * value
         parts[name] = value.detach()
     return loss, parts
@@ -129,32 +129,33 @@ def get_method(name: str) -> type["Method"]:
 class Method:
     name: ClassVar[str] = ""
     Params: ClassVar[type] = NoParams
-    scope: ClassVar[str] = "all"  # what SGD updates by default: all | classifier | lws | none (post-hoc)
+    default_train: ClassVar[str] = "all"  # what SGD updates where the stage says train: auto: all | classifier | lws | none (post-hoc)
 
     def __init__(self, ctx):
         self.ctx = ctx
         self.stage = ctx.stage
-        self.p = parse_params(self.Params, self.stage.params, self.stage.name)
+        self.params = parse_params(self.Params, self.stage.params, self.stage.name)
 
     # -- model --------------------------------------------------------------
-    def heads(self) -> dict[str, int]:
-        """Class heads by name; a stage that starts from another keeps that stage's heads."""
+    def head_widths(self) -> dict[str, int]:
+        """Each class head's output width, by head name; a stage that starts from another keeps that stage's heads."""
         if self.stage.init != "fresh":
             ctx = self.ctx.for_stage(self.stage.init)
-            return get_method(ctx.stage.method)(ctx).heads()
+            return get_method(ctx.stage.method)(ctx).head_widths()
         return {"main": self.ctx.num_classes}
 
     def build_model(self) -> nn.Module:
-        return build_classifier(self.ctx.recipe.model, self.ctx.num_classes, self.heads())
+        return build_classifier(self.ctx.recipe.model, self.ctx.num_classes, self.head_widths())
 
     @property
     def head_name(self) -> str:
         """The class head this stage trains and tests with."""
-        return getattr(self.p, "head", "main")
+        return getattr(self.params, "head", "main")
 
     @property
-    def train_scope(self) -> str:
-        return self.scope if self.stage.train == "auto" else self.stage.train
+    def trains(self) -> str:
+        """What this stage's SGD updates: the stage's ``train``, else the method's default."""
+        return self.default_train if self.stage.train == "auto" else self.stage.train
 
     def init_from(self, model: nn.Module, state: dict) -> None:
         """Start from an earlier stage's weights (``init: <stage>``); only this stage's adjusters may be new."""
@@ -173,7 +174,7 @@ class Method:
 
     def check_head(self) -> None:
         """A stage that picks one head of the model it starts from must pick one that model has."""
-        heads = self.heads()
+        heads = self.head_widths()
         if self.head_name in heads:
             return
         where = f"stages.{self.stage.name}.params.head"
@@ -183,14 +184,14 @@ class Method:
         raise ConfigError(f"{where}: {source} has no head {self.head_name!r}; it has {', '.join(heads)}")
 
     def frozen_parts(self, model: nn.Module) -> list[nn.Module]:
-        scope = self.train_scope
-        if scope in ("all", "none"):
-            return [model] if scope == "none" else []
+        trains = self.trains
+        if trains in ("all", "none"):
+            return [model] if trains == "none" else []
         # A head (or adjuster) that the loss never reads would still require grad and get none, and DDP
         # (find_unused_parameters off) stops at the next step waiting for its gradient: freeze it too.
         trained = self.trained_heads()
         idle = [m for d in (model.heads, model.adjust) for name, m in d.items() if name not in trained]
-        if scope == "lws":
+        if trains == "lws":
             return [model.backbone, model.neck, model.heads, *idle]
         return [model.backbone, model.neck, *idle]
 
@@ -273,14 +274,14 @@ class Compose(Method):
     def __init__(self, ctx):
         super().__init__(ctx)
         where = f"stages.{self.stage.name}.params"
-        if not self.p.parts:
+        if not self.params.parts:
             raise ConfigError(f"{where}.parts: name at least one method whose loss terms to sum")
         self.parts, self._terms = [], {}
-        for part in self.p.parts:
+        for part in self.params.parts:
             label = part.name or part.method
             at = f"{where}.parts.{label}"
             cls = get_method(part.method)
-            if cls is Compose or cls.scope != "all":  # a part's scope would freeze what the other parts train
+            if cls is Compose or cls.default_train != "all":  # such a part would freeze what the other parts train
                 raise ConfigError(f"{at}: {part.method!r} is not a method that trains the whole network; it cannot be a part")
             sub = cls(dataclasses.replace(ctx, stage=dataclasses.replace(self.stage, name=f"{self.stage.name}.params.parts.{label}",
                                                                          method=part.method, params=part.params)))
@@ -304,21 +305,21 @@ class Compose(Method):
             self.parts.append(sub)
         if not self._terms:
             raise ConfigError(f"{where}.parts: every term has weight 0")
-        if self.p.head and self.p.head not in self.heads():
-            raise ConfigError(f"{where}.head: {self.p.head!r} is not a head of this model ({', '.join(self.heads())})")
+        if self.params.head and self.params.head not in self.head_widths():
+            raise ConfigError(f"{where}.head: {self.params.head!r} is not a head of this model ({', '.join(self.head_widths())})")
 
     def terms(self):
         return self._terms
 
-    def heads(self):
+    def head_widths(self):
         if self.stage.init != "fresh":
-            return super().heads()
+            return super().head_widths()
         names = dict.fromkeys(h for t in self._terms.values() for h in t.heads)
         return {h: self.ctx.num_classes for h in names} or {"main": self.ctx.num_classes}
 
     @property
     def head_name(self):
-        return self.p.head or next(iter(self.heads()))
+        return self.params.head or next(iter(self.head_widths()))
 
     def build_model(self):
         model = super().build_model()

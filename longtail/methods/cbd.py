@@ -56,21 +56,21 @@ class ClassBalancedDistillation(Method):
 
     def __init__(self, ctx):
         super().__init__(ctx)
-        if not self.p.teachers:
+        if not self.params.teachers:
             raise ConfigError(f"stages.{self.stage.name}.params.teachers: name at least one teacher stage or checkpoint")
 
     def build_model(self):
-        k = len(self.p.teachers)
+        k = len(self.params.teachers)
         cfg = copy.deepcopy(self.ctx.recipe.model)
         if k > 1:  # h: d -> d*K, and the classifier sits on h(v)
             probe = build_classifier(cfg, self.ctx.num_classes)
-            cfg.neck_dim, cfg.neck_relu = probe.backbone.feature_dim * k, self.p.relu
-        return build_classifier(cfg, self.ctx.num_classes, self.heads())
+            cfg.neck_dim, cfg.neck_relu = probe.backbone.feature_dim * k, self.params.relu
+        return build_classifier(cfg, self.ctx.num_classes, self.head_widths())
 
     def prepare(self, model):
         super().prepare(model)
-        self.teachers = [self.ctx.load_teacher(ref) for ref in self.p.teachers]
-        if self.p.la_tau > 0:
+        self.teachers = [self.ctx.load_teacher(ref) for ref in self.params.teachers]
+        if self.params.la_tau > 0:
             self.log_prior = log_prior(self.ctx.train_counts, self.ctx.runtime.device)
 
     # Frozen teachers, eval mode, no autograd, on the student's augmented batch.
@@ -109,20 +109,20 @@ class ClassBalancedDistillation(Method):
         return self.teacher_outputs(x)[1]
 
     def terms(self):
-        a, head = self.p.alpha, self.head_name
+        a, head = self.params.alpha, self.head_name
         terms = {"ce": Term(1 - a, self.ce_term, heads=(head,))}
-        if self.p.distill in ("feature", "hybrid"):
-            terms["feat"] = Term(a * self.p.beta, self.feature_term)
-        if self.p.distill in ("logit", "hybrid"):
-            terms["kd"] = Term(a, lambda core, out, b: kd_loss(out[head].float(), F.softmax(self.teacher_logits(b.x) / self.p.T, dim=1), self.p.T),
+        if self.params.distill in ("feature", "hybrid"):
+            terms["feat"] = Term(a * self.params.beta, self.feature_term)
+        if self.params.distill in ("logit", "hybrid"):
+            terms["kd"] = Term(a, lambda classifier, out, b: kd_loss(out[head].float(), F.softmax(self.teacher_logits(b.x) / self.params.T, dim=1), self.params.T),
                                heads=(head,))  # CBD Eq. 3, up to the teacher entropy
         return terms
 
-    def ce_term(self, core, out, b):
+    def ce_term(self, classifier, out, b):
         z = out[self.head_name].float()
-        return class_ce(z + self.p.la_tau * self.log_prior if self.p.la_tau > 0 else z, b)
+        return class_ce(z + self.params.la_tau * self.log_prior if self.params.la_tau > 0 else z, b)
 
-    def feature_term(self, core, out, b):
+    def feature_term(self, classifier, out, b):
         v_hat = self.teacher_features(b.x)
         if out["feat"].shape[1] != v_hat.shape[1]:
             raise ConfigError(f"stages.{self.stage.name}: student feature has {out['feat'].shape[1]} dims but the "
@@ -148,22 +148,22 @@ class TeacherEnsemble(Method):
     """The Teacher Ensemble baseline: average the teachers' class probabilities at test time."""
 
     name = "teacher_ensemble"
-    scope = "none"
+    default_train = "none"
     Params = EnsembleParams
 
     def build_model(self):
-        if not self.p.teachers:
+        if not self.params.teachers:
             raise ConfigError(f"stages.{self.stage.name}.params.teachers: name the teachers to average")
-        self.members = [self.ctx.teacher_method(ref) for ref in self.p.teachers]
+        self.members = [self.ctx.teacher_method(ref) for ref in self.params.teachers]
         return Ensemble([m.build_model() for m in self.members])
 
     def frozen_parts(self, model):
         return [model]
 
     def fit(self, model):
-        for member, ref in zip(model.members, self.p.teachers):
+        for member, ref in zip(model.members, self.params.teachers):
             load_exported(member, self.ctx.teacher_state(ref))
-        return {"members": list(self.p.teachers)}
+        return {"members": list(self.params.teachers)}
 
     @torch.no_grad()
     def predict(self, model, x):

@@ -14,4 +14,4 @@ class CrossEntropy(Method):
 
     def terms(self):
         head = self.head_name
-        return {"ce": Term(1.0, lambda core, out, b: class_ce(out[head], b), heads=(head,))}
+        return {"ce": Term(1.0, lambda classifier, out, b: class_ce(out[head], b), heads=(head,))}

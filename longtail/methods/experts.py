@@ -28,8 +28,8 @@ class ExpertsLogitAdjusted(CrossEntropy):
     def __init__(self, ctx):
         super().__init__(ctx)
         e = ctx.recipe.model.experts
-        if e < 2 or len(self.p.taus) != e:
-            raise ConfigError(f"stages.{self.stage.name}.params.taus: give one tau per expert (model.experts: {e}, taus: {self.p.taus})")
+        if e < 2 or len(self.params.taus) != e:
+            raise ConfigError(f"stages.{self.stage.name}.params.taus: give one tau per expert (model.experts: {e}, taus: {self.params.taus})")
 
     def prepare(self, model):
         super().prepare(model)
@@ -38,9 +38,9 @@ class ExpertsLogitAdjusted(CrossEntropy):
     def terms(self):
         head = self.head_name
 
-        def loss(core, out, b):
-            experts: ExpertsHead = core.heads[head]
+        def loss(classifier, out, b):
+            experts: ExpertsHead = classifier.heads[head]
             zs = experts.each(out["feat"])
-            return sum(class_ce(z.float() + t * self.log_prior, b) for z, t in zip(zs, self.p.taus)) / len(zs)
+            return sum(class_ce(z.float() + t * self.log_prior, b) for z, t in zip(zs, self.params.taus)) / len(zs)
 
         return {"experts_la": Term(1.0, loss, heads=(head,))}

@@ -34,19 +34,19 @@ class LDAMDRW(CrossEntropy):
             raise ConfigError(f"stages.{self.stage.name}: ldam_drw puts its margin on a cosine; set model.head: cosine (cosine_scale: 30 as LDAM)")
         if ctx.recipe.model.cosine_learnable:  # the margin is scaled by the configured s, which a learnt one would leave behind
             raise ConfigError(f"stages.{self.stage.name}: ldam_drw needs a fixed cosine scale; set model.cosine_learnable: false")
-        if not 0 <= self.p.beta < 1 or self.p.max_m < 0:
+        if not 0 <= self.params.beta < 1 or self.params.max_m < 0:
             raise ConfigError(f"stages.{self.stage.name}.params: beta must be in [0, 1) and max_m >= 0")
 
     def prepare(self, model):
         super().prepare(model)
         device, counts = self.ctx.runtime.device, self.ctx.train_counts
-        self.margin = (ldam_margins(counts, self.p.max_m) * self.ctx.recipe.model.cosine_scale).to(device)
-        self.weight = drw_weights(counts, self.p.beta).to(device)
+        self.margin = (ldam_margins(counts, self.params.max_m) * self.ctx.recipe.model.cosine_scale).to(device)
+        self.weight = drw_weights(counts, self.params.beta).to(device)
 
     def terms(self):
-        head, start = self.head_name, self.p.drw_epoch
+        head, start = self.head_name, self.params.drw_epoch
 
-        def loss(core, out, b):
+        def loss(classifier, out, b):
             w = self.weight if start is not None and b.epoch >= start else None
             return class_ce(out[head], b, weight=w, margin=self.margin)
 

@@ -40,19 +40,19 @@ class ProCo(CrossEntropy):
 
     def __init__(self, ctx):
         super().__init__(ctx)
-        if self.p.temperature <= 0 or self.p.alpha < 0 or self.p.dim < 4:
+        if self.params.temperature <= 0 or self.params.alpha < 0 or self.params.dim < 4:
             raise ConfigError(f"stages.{self.stage.name}.params: temperature must be > 0, alpha >= 0 and dim >= 4")
-        ctx.augment(self.p.views)  # an unknown preset is a config error now, not at the first step
+        ctx.augment(self.params.views)  # an unknown preset is a config error now, not at the first step
 
     def terms(self):
         raise NotImplementedError("proco scores two extra views of each image in its own loss; it has no terms to compose")
 
     def feeds(self):
-        return {"x": Feed(self.stage.sampler, views={"v2": self.p.views, "v3": self.p.views})}
+        return {"x": Feed(self.stage.sampler, views={"v2": self.params.views, "v3": self.params.views})}
 
     def build_model(self):
         model = super().build_model()
-        model.aux["proco"] = ProCoHead(model.feature_dim, self.ctx.num_classes, self.p.hidden, self.p.dim)
+        model.aux["proco"] = ProCoHead(model.feature_dim, self.ctx.num_classes, self.params.hidden, self.params.dim)
         return model
 
     def prepare(self, model):
@@ -63,12 +63,12 @@ class ProCo(CrossEntropy):
         b, head = batch["x"], unwrap(model).aux["proco"]
         n = len(b.y)
         out = model(torch.cat([b.x, b.views["v2"], b.views["v3"]]))
-        la = class_ce(out[self.head_name][:n].float() + self.p.tau * self.log_prior, b)
+        la = class_ce(out[self.head_name][:n].float() + self.params.tau * self.log_prior, b)
         z = head(out["feat"])
         scl = 0.0
         for v in (1, 2):  # views are never mixed, so their labels are b.y even when b.x is
             zv = z[v * n:(v + 1) * n]
             head.vmf.update(zv, b.y, b.epoch, g)
-            scl = scl + F.cross_entropy(head.vmf.expected_logits(zv, self.p.temperature) + self.p.tau * self.log_prior.double(), b.y) / 2
+            scl = scl + F.cross_entropy(head.vmf.expected_logits(zv, self.params.temperature) + self.params.tau * self.log_prior.double(), b.y) / 2
         scl = scl.float()
-        return la + self.p.alpha * scl, {"la_ce": la.detach(), "proco": scl.detach()}
+        return la + self.params.alpha * scl, {"la_ce": la.detach(), "proco": scl.detach()}

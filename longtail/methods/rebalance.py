@@ -34,7 +34,7 @@ class ClassifierRetraining(CrossEntropy):
     """cRT: a fresh class head trained on frozen features (use a class-balanced sampler)."""
 
     name = "crt"
-    scope = "classifier"
+    default_train = "classifier"
     Params = HeadParams
 
     def __init__(self, ctx):
@@ -69,7 +69,7 @@ class LearnableWeightScaling(AdjustedHead):
     """LWS: z_c = f_c * (w_c . v + b_c) with only f trained, from f = 1 (use a class-balanced sampler)."""
 
     name = "lws"
-    scope = "lws"
+    default_train = "lws"
 
     def make_adjuster(self, model):
         return LWSScale(self.ctx.num_classes)
@@ -85,15 +85,15 @@ class TauParams:
 class PostHoc(AdjustedHead):
     """A stage that fits a logit adjuster without SGD; tau comes from the validation split only."""
 
-    scope = "none"
+    default_train = "none"
     Params = TauParams
 
     def choose_tau(self, model) -> dict:
         """Score every tau of the grid on the validation split; keep the best (the smallest on ties)."""
         adjuster = model.adjust[self.head_name]
-        if self.p.tau is not None:
-            adjuster.tau.fill_(self.p.tau)
-            return {"tau": self.p.tau, "rule": "fixed"}
+        if self.params.tau is not None:
+            adjuster.tau.fill_(self.params.tau)
+            return {"tau": self.params.tau, "rule": "fixed"}
         val = self.ctx.data.val
         if val is None or len(val) == 0:
             raise ConfigError(f"stages.{self.stage.name}: choosing tau needs a validation split; "
@@ -105,7 +105,7 @@ class PostHoc(AdjustedHead):
         raw = head(feats.to(next(head.parameters()).device)).float().cpu()
         per_class = np.bincount(val.labels, minlength=self.ctx.num_classes).clip(min=1)
         scores = {}
-        for tau in self.p.grid:
+        for tau in self.params.grid:
             adjuster.tau.fill_(tau)
             with torch.no_grad():
                 z = adjuster(raw.to(adjuster.tau.device), feats.to(adjuster.tau.device), head).cpu()
@@ -114,7 +114,7 @@ class PostHoc(AdjustedHead):
             acc = np.bincount(val.labels, weights=hit.numpy(), minlength=self.ctx.num_classes) / per_class
             present = np.bincount(val.labels, minlength=self.ctx.num_classes) > 0
             scores[tau] = round(100 * float(acc[present].mean()), 4)
-        best = max(self.p.grid, key=lambda t: (scores[t], -t))
+        best = max(self.params.grid, key=lambda t: (scores[t], -t))
         adjuster.tau.fill_(best)
         return {"tau": best, "rule": "best val top-1 over grid", "val_top1_by_tau": scores}
 
@@ -174,7 +174,7 @@ class EvaluateHead(AdjustedHead):
     """Score another head of an earlier stage as it is (e.g. SSD's III-soft): no training, no adjuster."""
 
     name = "evaluate"
-    scope = "none"
+    default_train = "none"
 
     def build_model(self):
         return CrossEntropy.build_model(self)
@@ -201,4 +201,4 @@ class LogitAdjustedLoss(CrossEntropy):
 
     def terms(self):
         head = self.head_name
-        return {"la_ce": Term(1.0, lambda core, out, b: class_ce(out[head].float() + self.p.tau * self.log_prior, b), heads=(head,))}
+        return {"la_ce": Term(1.0, lambda classifier, out, b: class_ce(out[head].float() + self.params.tau * self.log_prior, b), heads=(head,))}

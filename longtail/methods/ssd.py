@@ -64,50 +64,50 @@ class SSDSelfSupervised(Method):
 
     def __init__(self, ctx):
         super().__init__(ctx)
-        if self.p.self_sup == "moco":
-            ctx.augment(self.p.key_augment)  # an unknown preset is a config error now, not at the first step
-        if self.p.moco_bn_splits < 1:
+        if self.params.self_sup == "moco":
+            ctx.augment(self.params.key_augment)  # an unknown preset is a config error now, not at the first step
+        if self.params.moco_bn_splits < 1:
             raise ConfigError(f"stages.{self.stage.name}.params.moco_bn_splits: must be a positive integer "
-                              f"(1: one BN batch), got {self.p.moco_bn_splits}")
+                              f"(1: one BN batch), got {self.params.moco_bn_splits}")
 
     def feeds(self):
         """MoCo's key view is cut beside the query, on the look-ahead thread."""
-        views = {"key": self.p.key_augment} if self.p.self_sup == "moco" else {}
+        views = {"key": self.params.key_augment} if self.params.self_sup == "moco" else {}
         return {"x": Feed(self.stage.sampler, views=views)}
 
     def build_model(self):
         model = super().build_model()
-        if self.p.self_sup == "rotation":
+        if self.params.self_sup == "rotation":
             model.aux["rotation"] = nn.Linear(model.feature_dim, 4)
-        elif self.p.self_sup == "moco":
+        elif self.params.self_sup == "moco":
             encoder = nn.Sequential(model.backbone, model.neck)
-            model.aux["moco"] = MoCo(encoder, model.feature_dim, self.p.moco_dim, self.p.moco_queue,
-                                     self.p.moco_momentum, self.p.moco_tau, self.p.moco_mlp, self.p.moco_bn_splits)
+            model.aux["moco"] = MoCo(encoder, model.feature_dim, self.params.moco_dim, self.params.moco_queue,
+                                     self.params.moco_momentum, self.params.moco_tau, self.params.moco_mlp, self.params.moco_bn_splits)
         return model
 
     def prepare(self, model):
         super().prepare(model)
-        if self.p.self_sup == "moco":  # the engine has loaded any init: or pretrained weights by now
+        if self.params.self_sup == "moco":  # the engine has loaded any init: or pretrained weights by now
             model.aux["moco"].reset_keys(nn.Sequential(model.backbone, model.neck))
 
     def loss(self, model, batch, g):
-        b, core = batch["x"], unwrap(model)
+        b, classifier = batch["x"], unwrap(model)
         n = len(b.y)
-        if self.p.self_sup == "rotation":
+        if self.params.self_sup == "rotation":
             x_rot, k = random_rotate90(b.x, g)
             out = model(torch.cat([b.x, x_rot]))
             ce = class_ce(out["main"][:n], b)
-            l_self = F.cross_entropy(core.aux["rotation"](out["feat"][n:]).float(), k)
+            l_self = F.cross_entropy(classifier.aux["rotation"](out["feat"][n:]).float(), k)
         else:
             out = model(b.x)
             ce = class_ce(out["main"], b)
-            if self.p.self_sup == "none":
+            if self.params.self_sup == "none":
                 return ce, {"ce": ce.detach()}
-            moco = core.aux["moco"]
-            k = moco.keys(nn.Sequential(core.backbone, core.neck), b.views["key"], g)
-            l_self = moco.loss(out["feat"], k, b.y if self.p.moco_mask_same_label else None)
+            moco = classifier.aux["moco"]
+            k = moco.keys(nn.Sequential(classifier.backbone, classifier.neck), b.views["key"], g)
+            l_self = moco.loss(out["feat"], k, b.y if self.params.moco_mask_same_label else None)
             moco.enqueue(k, b.y)
-        loss = self.p.a1 * ce + self.p.a2 * l_self
+        loss = self.params.a1 * ce + self.params.a2 * l_self
         return loss, {"ce": ce.detach(), "ssl": l_self.detach()}
 
 
@@ -129,45 +129,45 @@ class SSDDistill(Method):
 
     def __init__(self, ctx):
         super().__init__(ctx)
-        if self.p.teacher not in ctx.artifacts and self.p.teacher not in [s.name for s in ctx.recipe.stages]:
-            raise ConfigError(f"stages.{self.stage.name}.params.teacher: no stage named {self.p.teacher!r}")
+        if self.params.teacher not in ctx.artifacts and self.params.teacher not in [s.name for s in ctx.recipe.stages]:
+            raise ConfigError(f"stages.{self.stage.name}.params.teacher: no stage named {self.params.teacher!r}")
 
-    def heads(self):
+    def head_widths(self):
         c = self.ctx.num_classes
-        return {"hard": c, "soft": c} if self.p.mode == "decoupled" else {"main": c}
+        return {"hard": c, "soft": c} if self.params.mode == "decoupled" else {"main": c}
 
     @property
     def head_name(self):
-        return "hard" if self.p.mode == "decoupled" else "main"
+        return "hard" if self.params.mode == "decoupled" else "main"
 
     def prepare(self, model):
         super().prepare(model)
-        self.teacher_method, self.teacher = self.ctx.load_teacher(self.p.teacher)
+        self.teacher_method, self.teacher = self.ctx.load_teacher(self.params.teacher)
 
     def soft_labels(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return F.softmax(self.teacher_method.predict(self.teacher, x).float() / self.p.T, dim=1)
+            return F.softmax(self.teacher_method.predict(self.teacher, x).float() / self.params.T, dim=1)
 
     def terms(self):
-        hard, soft = self.head_name, "soft" if self.p.mode == "decoupled" else "main"
+        hard, soft = self.head_name, "soft" if self.params.mode == "decoupled" else "main"
         # The teacher scores the same augmented batch as the student.
-        kd = Term(1.0 if self.p.mode == "single" else self.p.l2,
-                  lambda core, out, b: kd_loss(out[soft].float(), self.soft_labels(b.x), self.p.T), heads=(soft,))
-        if self.p.mode == "single":
+        kd = Term(1.0 if self.params.mode == "single" else self.params.l2,
+                  lambda classifier, out, b: kd_loss(out[soft].float(), self.soft_labels(b.x), self.params.T), heads=(soft,))
+        if self.params.mode == "single":
             return {"kd": kd}
-        return {"ce": Term(self.p.l1, lambda core, out, b: class_ce(out[hard], b), heads=(hard,)), "kd": kd}
+        return {"ce": Term(self.params.l1, lambda classifier, out, b: class_ce(out[hard], b), heads=(hard,)), "kd": kd}
 
     def report(self, model):
         """SSD Fig. 5: per-class sum of the teacher's soft labels over the training set, next to the
         original (instance) and class-balanced label distributions."""
         train = self.ctx.data.train
-        p = self.ctx.predict_split(self.teacher, train, lambda m, x: F.softmax(self.teacher_method.predict(m, x).float() / self.p.T, dim=1))
+        p = self.ctx.predict_split(self.teacher, train, lambda m, x: F.softmax(self.teacher_method.predict(m, x).float() / self.params.T, dim=1))
         counts = self.ctx.train_counts
         dist = {
             "original": [int(c) for c in counts],
             "class_balanced": [round(float(counts.sum()) / len(counts), 4)] * len(counts),
             "distilled": [round(float(v), 4) for v in p.sum(0)],
-            "T": self.p.T,
+            "T": self.params.T,
         }
         if self.ctx.out_dir is not None:
             from ..report.plots import plot_label_distribution

@@ -294,15 +294,15 @@ class Augment:
             return op.per_image(images, g, **params) if op.random else op.per_image(images, **params)
         return perimage.square_images(images)
 
-    def __call__(self, x: torch.Tensor | perimage.ImageList, g: torch.Generator, sized: bool = False) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor | perimage.ImageList, g: torch.Generator, already_cut: bool = False) -> torch.Tensor:
         """Augment a batch; uint8 input is first scaled to float in [0, 1].
 
-        ``sized``: ``x`` is already :meth:`size_images`'s output, so the first op is skipped.
+        ``already_cut``: ``x`` is already :meth:`size_images`'s output, so the first op is skipped.
         """
         steps = self.steps
         if isinstance(x, perimage.ImageList):
-            x, sized = self.size_images(x, g), True
-        if sized and steps and OP_TABLE[steps[0][0]].per_image is not None:
+            x, already_cut = self.size_images(x, g), True
+        if already_cut and steps and OP_TABLE[steps[0][0]].per_image is not None:
             steps = steps[1:]
         if x.dtype == torch.uint8:
             x = x.float().div_(255)
