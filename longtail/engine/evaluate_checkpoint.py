@@ -12,7 +12,9 @@ from .passes import evaluate_split
 from .runtime import setup_runtime
 
 
-def evaluate_checkpoint(path, data_root: str | None = None, device: str | None = None, split: str = "test") -> dict:
+def evaluate_checkpoint(path, data_root: str | None = None, device: str | None = None, split: str = "test",
+                        amp: str | None = None) -> dict:
+    """Score a stage's checkpoint on ``split``; ``amp`` overrides the precision its recipe asks for (``runtime.amp``)."""
     ck = load_checkpoint(path)
     if not all(isinstance(ck.get(k), t) for k, t in (("recipe", dict), ("stage", str), ("model", dict))):
         raise CheckpointError(f"checkpoint {path} carries no recipe/stage/model; only longtail run checkpoints can be evaluated")
@@ -22,6 +24,8 @@ def evaluate_checkpoint(path, data_root: str | None = None, device: str | None =
         raise CheckpointError(f"checkpoint {path}: its recipe is invalid here ({e})") from None
     if device:
         recipe.runtime.device = device
+    if amp:
+        recipe.runtime.amp = amp
     rt = setup_runtime(recipe.runtime)
     data = build_data(recipe.data, resolve_data_root(data_root, recipe.data.root))
     ctx = StageContext(recipe, recipe.stage(ck["stage"]), data, rt)
