@@ -76,7 +76,8 @@ class ProgressBar:
         return f"{self.desc} [{bar}] {self.n}/{self.total} {timing} {self.postfix}".rstrip()
 
     def _draw(self, now: float) -> None:
-        self.stream.write("\r" + self._line(now, self.MIN_RATE_SECONDS))
+        # the last redraw stays on screen: it gives the stage's rate even when the stage was shorter than the "?"
+        self.stream.write("\r" + self._line(now, 0.0 if self.n >= self.total else self.MIN_RATE_SECONDS))
         self.stream.flush()
 
     def _log(self, now: float) -> None:

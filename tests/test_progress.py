@@ -100,3 +100,14 @@ def test_disabled_writes_nothing_and_a_terminal_redraws_in_place():
 
 def test_rate_text():
     assert [fmt_rate(r) for r in (12.345, 1.0, 0.5, 0.01)] == ["12.35it/s", "1.00it/s", "2.00s/it", "100.00s/it"]
+
+
+def test_a_short_stage_ends_on_a_terminal_with_its_rate_not_a_question_mark():
+    # 3 steps of 1 s: shorter than the 5 s of "?", yet the bar left on screen says 1.00it/s (was "<? ?it/s")
+    bar, clock, out = _bar(total=3, stream=Terminal())
+    for _ in range(3):
+        clock.t += 1.0
+        bar.update()
+    bar.close()
+    last = out.getvalue().split("\r")[-1]
+    assert last == "[s] [####################] 3/3 00:03<00:00 1.00it/s\n"
