@@ -171,3 +171,25 @@ def test_the_folder_recipe_starts_from_imagenet():
     recipe = load_recipe("folder/pretrained")
     assert recipe.model.pretrained == "imagenet" and recipe.model.backbone in WEIGHTS
     assert recipe.stage("ce").optim.groups == {"backbone": 0.1}
+
+
+def test_the_folder_pretrained_recipe_trains_end_to_end_from_the_served_weights(hub, served, monkeypatch, tmp_path):
+    """folder/pretrained as a user runs it (shrunk: 32 px, one epoch): one download, every stage finishes, and
+    the fine-tuned backbone is still the served one, some SGD steps away from it, not a fresh start."""
+    from longtail.data.synthetic import make_example_folder
+    from longtail.engine.checkpoint import load_checkpoint
+    from longtail.engine.pipeline import run_recipe
+
+    server, _, _, sd = _serve(monkeypatch, served)
+    root, _ = make_example_folder(tmp_path / "photos", classes=4, max_per_class=60, imbalance=4)  # a validation split for tau
+    recipe = load_recipe("folder/pretrained", ["runtime.progress=false", "runtime.report_features=0", "data.crop_size=32",
+                                               "runtime.tensorboard=false"])
+    for st in recipe.stages:
+        st.epochs, st.batch_size = min(st.epochs, 1), 16
+    res = run_recipe(recipe, tmp_path / "run", data_root=str(root))
+    assert server.hits == 1 and set(res["stages"]) == {"ce", "tau_norm", "logit_adjust"}
+    trained = load_checkpoint(tmp_path / "run" / "ce" / "final.pt")["model"]
+    for key in ("conv1.weight", "layer4.1.conv2.weight"):
+        w, w0 = trained[f"backbone.{key}"].float().flatten(), sd[key].flatten()
+        # fine-tuned from the served weights: moved, yet still aligned with them (an independent start: cos ~ 0)
+        assert not torch.equal(w, w0) and torch.nn.functional.cosine_similarity(w, w0, dim=0) > 0.8, key
