@@ -168,6 +168,18 @@ def test_one_process_fitting_on_the_two_rank_ce_weights_gets_the_same_tau_curve_
         assert {k: single[name][k] for k in ("top1", "per_class", "val")} == {k: results["stages"][name][k] for k in ("top1", "per_class", "val")}
 
 
+def test_lws_on_the_same_ce_weights_trains_the_same_on_two_ranks_as_in_one_process(two_ranks, tmp_path):
+    """Where BatchNorm cannot differ (LWS: a frozen backbone in eval mode), DDP's averaged gradient of the two
+    half-batches is the one process's gradient of the whole batch: the learnt scales agree to rounding."""
+    out, results = two_ranks
+    (tmp_path / "ce").mkdir()
+    shutil.copy(out / "run" / "ce" / "final.pt", tmp_path / "ce" / "final.pt")
+    run_recipe(recipe(("ce", "lws")), tmp_path, resume=True, data=awkward_bundle())  # ce is done: trains lws alone
+    two, one = (load_checkpoint(run / "lws" / "final.pt")["model"]["adjust.main.scale"] for run in (out / "run", tmp_path))
+    assert (two - 1).abs().max() > 0.05  # the scales moved from 1: there was something to agree on
+    assert torch.allclose(two, one, rtol=0, atol=1e-4), (two - one).abs().max()  # measured 2.2e-5: the padded last batch
+
+
 def test_two_ranks_train_within_a_few_points_of_one_process(two_ranks, one_process):
     """Tolerance, not equality: within 6 points of test top-1 per stage (TOP1_TOLERANCE, measured beside it)."""
     two, one = two_ranks[1]["stages"], one_process[1]["stages"]

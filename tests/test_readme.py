@@ -63,3 +63,19 @@ def test_every_relative_link_points_at_something_in_the_repository(page):
         elif ROOT not in (dest, *dest.parents):
             broken.append(f"{target} (outside the repository)")
     assert not broken, f"{page.name}: broken links {broken}"
+
+
+def test_the_cpu_proxy_table_is_what_its_committed_results_file_gives(tmp_path):
+    """The results page's `bench reproduce` block re-rendered from results/cifar100-lt-cpu.json (no training)."""
+    import shutil
+
+    from longtail.cli import main
+
+    page = tmp_path / "results.md"
+    shutil.copy(RESULTS, page)
+    shutil.copy(README.parent / "results" / "cifar100-lt-cpu.json", tmp_path)
+    assert main(["bench", "reproduce", "--table", "cifar100-lt", "--imbalance", "100", "--seeds", "0,1,2",
+                 "--epochs-scale", "0.02", "--render-only", "--results", str(tmp_path), "--page", str(page)]) == 0
+    block = re.compile(r"<!-- bench:cifar100-lt-cpu -->.*?<!-- /bench:cifar100-lt-cpu -->", re.S)
+    derived, committed = block.search(page.read_text()).group(0), block.search(RESULTS.read_text()).group(0)
+    assert "| CE | 7.98 ± 0.50 |" in derived and derived == committed
