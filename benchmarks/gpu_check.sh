@@ -96,6 +96,7 @@ cpu_rows = rows(json.loads((cpu / "results.json").read_text())) if (cpu / "resul
 diff = {n: round(r["top1"] - cpu_rows[n]["top1"], 2) for n, r in here.items() if r.get("top1") is not None and n in cpu_rows}
 dest.write_text(json.dumps({"run": str(run), "stages": here, "cpu_record": str(cpu), "cpu_stages": cpu_rows, "top1_minus_cpu": diff}, indent=1))
 PY
+  "$py" benchmarks/gpu_stamp.py "$out" "$tag" >>"$out/gpu_check.log" 2>&1
 }
 compare ce "$out/ce-s0" results/full/cifar100-lt-if100/decoupling-s0
 
@@ -110,7 +111,6 @@ if [ "$budget" -gt 30 ]; then
   timeout "$budget" "$py" -m longtail train cifar100-lt/ssd --device "$dev" --out "$out/ssd-s0" "${data[@]}" "${scale[@]}" \
     --set runtime.tensorboard=false >>"$out/gpu_check.log" 2>&1; log "rc=$? (budget $budget s): ssd"
   compare ssd "$out/ssd-s0" results/full/cifar100-lt-if100/ssd-s0
-  "$py" benchmarks/gpu_stamp.py "$out" "$tag" >>"$out/gpu_check.log" 2>&1
 else
   log "ssd: no time left ($budget s)"
 fi

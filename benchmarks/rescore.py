@@ -40,7 +40,9 @@ SCORE = "import json, sys; from longtail.engine.evaluate_checkpoint import evalu
 def score_with(code: Path, path: str, data_root: str | None) -> dict:
     """``path`` scored by the checkout at ``code`` (its own evaluate_checkpoint), in a process of its own."""
     env = {**os.environ, "PYTHONPATH": str(code), "LONGTAIL_COMMIT": ""}
-    out = subprocess.run([sys.executable, "-c", SCORE, path, data_root or ""], env=env, cwd=str(code), capture_output=True,
+    # absolute paths: the other checkout runs in its own folder, which may hold its own copy of results/
+    root = str(Path(data_root).resolve()) if data_root else ""
+    out = subprocess.run([sys.executable, "-c", SCORE, str(Path(path).resolve()), root], env=env, cwd=str(code), capture_output=True,
                          text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -59,6 +61,8 @@ def main() -> None:
     ap.add_argument("--amp", help="score in this precision (runtime.amp: bf16, off, ...) instead of the recipe's")
     ap.add_argument("--before", type=Path, help="also score with this checkout's code (same machine, same precision)")
     args = ap.parse_args()
+    if args.amp and args.before:
+        ap.error("--amp with --before: the other checkout's code scores in its recipes' precision; drop --amp")
     rows = {}
     for path in args.checkpoints:
         ck = load_checkpoint(path)

@@ -111,7 +111,8 @@ def test_two_gloo_ranks_fetch_a_missing_archive_once(tmp_path):
 
 
 @pytest.mark.parametrize("recipe_name,stage,moco", [("cifar100-lt/ce", "ce", False), ("cifar100-lt/ssd", "stage1", False),
-                                                     ("cifar100-lt/strong", "ce", False), ("cifar100-lt/ssd", "stage1", True)])
+                                                     ("cifar100-lt/strong", "ce", False), ("cifar100-lt/ssd", "stage1", True),
+                                                     ("cifar100-lt/proco", "ce", False)])
 def test_a_training_step_makes_no_host_sync_except_at_logging(recipe_name, stage, moco, tmp_path, monkeypatch):
     """Counted through the engine with a dispatch mode (.item() / nonzero): only logging steps read back, and
     no step makes a tensor from host data (on a GPU, a host-to-device copy: the plan, labels and constants
@@ -187,7 +188,8 @@ def test_the_prepared_device_check_dry_run_passes(tmp_path):
     from longtail.engine.runtime import code_hash
     assert all(r["provenance"]["code_hash"] == code_hash() and r["provenance"]["commit"] for r in got.values())
     syncs = got["syncs-dry.json"]
-    assert {k for k in syncs if k != "provenance"} == {"cifar100-lt/ce:ce", "cifar100-lt/ssd:stage1", "cifar100-lt/strong:ce"}
+    assert {k for k in syncs if k != "provenance"} == {"cifar100-lt/ce:ce", "cifar100-lt/ssd:stage1", "cifar100-lt/strong:ce",
+                                                       "cifar100-lt/proco:ce"}
     assert all(v["steps"] >= 30 and v["host_tensors_per_step"] == [0] * v["steps"] for k, v in syncs.items() if k != "provenance")
     assert "no CUDA" in got["nvjpeg-race-dry.json"]["skipped"]
     # CE and SSD against the committed CPU runs: every stage's top-1 difference, by the stage names of those runs

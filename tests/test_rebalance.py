@@ -117,7 +117,7 @@ def test_tau_norm_on_a_cosine_head_is_a_config_error_naming_the_stage(data):
     r = recipe("ce", "tau_norm")
     r = recipe_from_dict({**r.to_dict(), "model": {"backbone": "resnet20", "head": "cosine"}})
     ctx = StageContext(r, r.stage("tau_norm"), data, setup_runtime(r.runtime))
-    with pytest.raises(ConfigError, match=r"^stages\.tau_norm: tau_norm re-scales a linear head.*'main' is cosine.*logit_adjust"):
+    with pytest.raises(ConfigError, match=r"^stages\.tau_norm: tau_norm re-scales a linear head.*'main' is a CosineHead; use logit_adjust"):
         get_method("tau_norm")(ctx).build_model()
 
 

@@ -59,6 +59,9 @@ ROWS = [
     FullRow("Strong without the policy (LA + cosine + mixup)", "strong_mixup", "ce"),
     FullRow("**Strong** (LA + cosine + mixup + AutoAugment/Cutout)", "strong", "ce"),
     FullRow("Strong, 3 experts (1.36 M parameters)", "strong_experts", "ce"),
+    FullRow("Strong, then a student with SSD's KD from it", "strong_distill", "student"),
+    FullRow("Strong, then a student with CBD's feature distillation from it", "strong_cbd", "student"),
+    FullRow("**ProCo** (LA + vMF contrastive term on 2 more views, AutoAugment/Cutout)", "proco", "ce"),
 ]
 
 

@@ -19,8 +19,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 SYNC_OPS = ("aten._local_scalar_dense", "aten.nonzero", "aten.item")
 #: A tensor made from host data (torch.tensor, as_tensor, from_numpy): on a GPU, a host-to-device copy.
 HOST_OPS = ("aten.lift_fresh",)
-#: The stages the device check counts (recipe, stage): a CE step, SSD's rotation step, the strong recipe's step.
-CHECKED = (("cifar100-lt/ce", "ce"), ("cifar100-lt/ssd", "stage1"), ("cifar100-lt/strong", "ce"))
+#: The stages the device check counts (recipe, stage): a CE step, SSD's rotation step, the strong recipe's step, ProCo's.
+CHECKED = (("cifar100-lt/ce", "ce"), ("cifar100-lt/ssd", "stage1"), ("cifar100-lt/strong", "ce"), ("cifar100-lt/proco", "ce"))
 TOY_CROP = [{"op": "random_crop", "size": 16, "padding": 2}, {"op": "random_hflip"}]
 
 

@@ -107,11 +107,11 @@ def from_dict(cls, data, prefix: str = "", op: str | None = None):
         meta = fields[key].metadata
         dotted = f"{op}: parameter {key!r}" if op is not None else (f"{prefix}.{key}" if prefix else str(key))
         try:
-            kwargs[key] = _coerce(value, hints[key], dotted)
+            kwargs[key] = _coerce(value, hints[key], dotted if op is None else key)
         except ConfigError as e:
-            if op is None or not meta.get("needs"):
+            if op is None:
                 raise
-            raise ConfigError(f"{dotted} {meta['needs']} ({e}), got {value!r}") from None
+            raise ConfigError(f"{dotted} {meta.get('needs') or 'is invalid'} ({e}), got {value!r}") from None
         choices, check = meta.get("choices"), meta.get("check")
         if choices and kwargs[key] not in choices:
             raise ConfigError(f"{dotted}: {kwargs[key]!r} is not one of {', '.join(choices)}")

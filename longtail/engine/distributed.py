@@ -20,8 +20,10 @@ def sync_from_main(model: nn.Module, rt: Runtime) -> None:
     """Give every rank rank 0's weights and buffers.
 
     Under DDP the weights already agree, but each rank's BatchNorm running statistics last moved on its
-    own share of the final batch. DDP's next training forward broadcasts rank 0's buffers anyway
-    (``broadcast_buffers``), so doing it before an evaluation never changes training.
+    own share of the batches (DDP runs with ``broadcast_buffers=False``). Training never reads them (BatchNorm
+    normalises by the batch in train mode), and the buffers training does read are equal on every rank (MoCo's
+    queue and ProCo's class estimates fold in all-gathered features), so doing it before an evaluation never
+    changes training.
     """
     if not rt.distributed:
         return

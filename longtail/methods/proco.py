@@ -68,7 +68,7 @@ class ProCo(CrossEntropy):
         scl = 0.0
         for v in (1, 2):  # views are never mixed, so their labels are b.y even when b.x is
             zv = z[v * n:(v + 1) * n]
-            head.vmf.update(zv, b.y, b.epoch, g)
+            head.vmf.update(zv, b.y, b.epoch)
             scl = scl + F.cross_entropy(head.vmf.expected_logits(zv, self.params.temperature) + self.params.tau * self.log_prior.double(), b.y) / 2
         scl = scl.float()
         return la + self.params.alpha * scl, {"la_ce": la.detach(), "proco": scl.detach()}

@@ -126,9 +126,10 @@ class TauNormalisation(PostHoc):
     name = "tau_norm"
 
     def make_adjuster(self, model):
-        if not hasattr(model.heads[self.head_name], "fc"):  # a cosine head: its class norms are already all 1
+        head = model.heads[self.head_name]
+        if not hasattr(head, "fc"):  # a cosine head (its class norms are all 1) or experts: no single linear layer
             raise ConfigError(f"stages.{self.stage.name}: tau_norm re-scales a linear head's class norms, and head "
-                              f"{self.head_name!r} is {self.ctx.recipe.model.head}; use logit_adjust on it instead")
+                              f"{self.head_name!r} is a {type(head).__name__}; use logit_adjust on it instead")
         return TauNorm()
 
     def fit(self, model):

@@ -25,7 +25,7 @@ KAPPA_MAX = 1e5  # the official code's cap (also used when R >= 1)
 
 def log_bessel_iv(nu: float, x: torch.Tensor) -> torch.Tensor:
     """log I_nu(x) for x > 0 by the uniform (Debye) expansion in 1/nu to the third term (DLMF 10.41.3):
-    relative error about u_4 / nu^4, 1e-8 at nu = 63 (ProCo's p = 128), at every x; differentiable by autograd.
+    within 1e-9 of the power series at nu = 63 (ProCo's p = 128), at every x (tests/test_proco.py); differentiable.
     Meant for large orders: the error is 1e-6 at nu = 10 and 3e-4 at nu = 2."""
     z = x / nu
     s = torch.sqrt(1 + z * z)
@@ -46,31 +46,40 @@ def log_vmf_norm(kappa: torch.Tensor, p: int) -> torch.Tensor:
 
 class ClassVMF(nn.Module):
     """The per-class mean of normalised features, over the previous epoch and the current one (buffers, so a
-    checkpoint resumes it exactly). ``update`` folds in a batch; ``expected_logits`` scores features."""
+    checkpoint resumes it exactly). ``update`` folds in a batch; ``expected_logits`` scores features.
+
+    No step reads a value back to the host (the epoch test is a device-side select), and every rank folds in
+    the same all-gathered features from the same start, so the ranks' estimates stay equal without a broadcast.
+    """
 
     def __init__(self, num_classes: int, dim: int):
         super().__init__()
         self.dim = dim
-        for name in ("mean_old", "mean_new"):  # the official start: random directions of norm 0.9
-            self.register_buffer(name, 0.9 * F.normalize(torch.randn(num_classes, dim, dtype=torch.float64), dim=1))
+        # The official start, random directions of norm 0.9, drawn once (seeded like every fresh weight): a new
+        # epoch restarts its window from it (the official code draws anew; it only shows for a class no image of
+        # which was seen in a whole epoch, which instance sampling never leaves).
+        self.register_buffer("start", 0.9 * F.normalize(torch.randn(num_classes, dim, dtype=torch.float64), dim=1))
+        self.register_buffer("mean_old", self.start.clone())
+        self.register_buffer("mean_new", self.start.clone())
         self.register_buffer("count_old", torch.zeros(num_classes, dtype=torch.float64))
         self.register_buffer("count_new", torch.zeros(num_classes, dtype=torch.float64))
         self.register_buffer("epoch", torch.tensor(-1))  # the epoch whose features mean_new holds
 
     @torch.no_grad()
-    def update(self, z: torch.Tensor, y: torch.Tensor, epoch: int, g: torch.Generator) -> None:
+    def update(self, z: torch.Tensor, y: torch.Tensor, epoch: int) -> None:
         """Fold normalised features ``z`` of labels ``y`` (every rank's) into both windows; a new epoch first
         moves the current window to the old one and restarts the current one, as the official epoch hook."""
-        if int(self.epoch) != epoch:  # the step's own epoch, so a resumed run rotates exactly where it did
-            self.mean_old.copy_(self.mean_new)
-            self.count_old.copy_(self.count_new)
-            fresh = torch.randn(self.mean_new.shape, generator=g, device=g.device, dtype=torch.float64)
-            self.mean_new.copy_(0.9 * F.normalize(fresh, dim=1))
-            self.count_new.zero_()
-            self.epoch.fill_(epoch)
+        new = self.epoch != epoch  # the step's own epoch, so a resumed run rotates exactly where it did
+        self.mean_old.copy_(torch.where(new, self.mean_new, self.mean_old))
+        self.count_old.copy_(torch.where(new, self.count_new, self.count_old))
+        self.mean_new.copy_(torch.where(new, self.start, self.mean_new))
+        self.count_new.mul_((~new).double())
+        self.epoch.fill_(epoch)
         z, y = all_gather_cat(z.detach().double()), all_gather_cat(y)
-        n = torch.bincount(y, minlength=len(self.count_new)).double()
-        batch_mean = torch.zeros_like(self.mean_new).index_add_(0, y, z) / n.clamp(min=1)[:, None]
+        # sums by class as one matmul: no atomics, and no host read (F.one_hot checks its labels on the host)
+        onehot = torch.zeros(len(y), len(self.count_new), dtype=torch.float64, device=z.device).scatter_(1, y[:, None], 1.0)
+        n = onehot.sum(0)
+        batch_mean = (onehot.t() @ z) / n.clamp(min=1)[:, None]
         for mean, count in ((self.mean_old, self.count_old), (self.mean_new, self.count_new)):
             w = (n / (n + count)).nan_to_num(0.0)[:, None]  # a running mean: a class's batch weighs n / (n + seen)
             mean.mul_(1 - w).add_(w * batch_mean)
@@ -79,7 +88,8 @@ class ClassVMF(nn.Module):
     def kappa(self) -> torch.Tensor:
         r = self.mean_old.norm(dim=1)
         k = self.dim * r / (1 - r * r)
-        return torch.where((k > KAPPA_MAX) | (k < 0), torch.full_like(k, KAPPA_MAX), k)
+        # capped as the official code caps it; a zero mean (kappa 0) would make log I_nu -inf, so kappa >= 1e-6
+        return torch.where((k > KAPPA_MAX) | (k < 0), torch.full_like(k, KAPPA_MAX), k).clamp(min=1e-6)
 
     def expected_logits(self, z: torch.Tensor, temperature: float) -> torch.Tensor:
         """(B, C): log E exp(z . z' / t) under each class's vMF (the module docstring), in float64."""
