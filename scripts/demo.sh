@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install (if needed), then train CE on CIFAR-100-LT (IF=100) for 10 epochs (1/20 of the paper's schedule),
-# then re-balance its classifier with cRT and LWS (1 epoch each), and print the three rows side by side:
+# then re-balance it with NCM and post-hoc logit adjustment (no training; chosen on validation, recipes/cifar100-lt/demo.yaml),
+# and print the three rows side by side:
 # overall / many / medium / few accuracy. Then draw the per-class figure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
