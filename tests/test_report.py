@@ -286,3 +286,18 @@ def test_the_stage_record_is_a_function_of_arrays_by_hand():
     # the first `cap` test images of each kept class, in dataset order
     assert feature_rows([0, 1, 0, 0, 1, 2], [9, 5, 1], cap=2).tolist() == [0, 1, 2, 4, 5]
     assert feature_rows([0, 1, 0], [9, 5, 1], cap=0).tolist() == []
+
+
+def test_the_count_histogram_labels_its_log_axis_with_plain_counts(tmp_path, monkeypatch):
+    """`data stats --hist`: the log y axis reads 5, 10, 20, ... (was matplotlib's 10^1 labels)."""
+    seen = {}
+    monkeypatch.setattr(plots, "_save", lambda plt, fig, path: seen.setdefault("fig", fig) and str(path))
+    counts = [500, 300, 120, 60, 30, 12, 5]
+    plots.count_histogram({"counts": counts, "thresholds": {"many": 100, "few": 20}, "dataset": "toy",
+                           "num_classes": len(counts), "imbalance": 100.0}, tmp_path / "h.png")
+    ax = seen["fig"].axes[0]
+    seen["fig"].canvas.draw()
+    major = [t.get_text() for t in ax.get_yticklabels()]
+    lo, hi = ax.get_ylim()
+    assert major == [str(t) for t in (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000) if lo <= t <= hi] and len(major) >= 4
+    assert all(t.get_text() == "" for t in ax.get_yticklabels(minor=True))

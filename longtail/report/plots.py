@@ -117,12 +117,13 @@ def count_ticks(lo: float, hi: float) -> list[int]:
     return ticks
 
 
-def _count_axis(ax) -> None:
+def _count_axis(ax, which: str = "x") -> None:
     from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 
-    ax.xaxis.set_major_locator(FixedLocator(count_ticks(*ax.get_xlim())))
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: str(int(round(v)))))
-    ax.xaxis.set_minor_formatter(NullFormatter())
+    axis = ax.xaxis if which == "x" else ax.yaxis
+    axis.set_major_locator(FixedLocator(count_ticks(*(ax.get_xlim() if which == "x" else ax.get_ylim()))))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: str(int(round(v)))))
+    axis.set_minor_formatter(NullFormatter())
 
 
 def accuracy_vs_frequency_axes(plt, runs: dict[str, dict], many: int = 100, few: int = 20):
@@ -263,6 +264,7 @@ def count_histogram(stats: dict, path: Path) -> str | None:
     ax.bar(range(len(order)), [counts[c] for c in order], width=1.0, color="#4c72b0")
     ax.set_yscale("log")
     _shade_groups(ax, [counts[c] for c in order], t["many"], t["few"])
+    _count_axis(ax, "y")  # plain counts on the log axis, as on the per-class plot
     ax.set_xlabel("class (most images first)")
     ax.set_ylabel("training images")
     ax.set_title(f"{stats['dataset']}: {stats['num_classes']} classes, imbalance {stats['imbalance']:.1f}", fontsize=9, pad=14)
