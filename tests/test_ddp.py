@@ -180,3 +180,38 @@ def test_ddp_trains_crt_and_lws_on_one_head_of_a_two_head_model(tmp_path):
     assert not torch.allclose(s3["heads.hard.fc.weight"], crt["heads.hard.fc.weight"])  # re-initialised, re-trained
     assert all(torch.equal(crt[k], lws[k]) for k in crt)  # LWS moved only its scales
     assert not torch.allclose(lws["adjust.hard.scale"], torch.ones(6))
+
+
+def _ssd_then_crt_worker(rank, world, port, out):
+    """One rank: SSD's own recipe (shrunk: ResNet-20, one epoch a stage), then cRT on stage III's hard head."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
+    torch.set_num_threads(1)
+    from longtail.config import load_recipe, recipe_from_dict
+    from longtail.engine.pipeline import run_recipe
+
+    tiny = ["model.backbone=resnet20", "runtime.device=cpu", "runtime.amp=off", "runtime.progress=false",
+            "runtime.tensorboard=false", "runtime.report_features=0"]
+    r = load_recipe("cifar100-lt/ssd", tiny, epochs_scale=0.005).to_dict()
+    for s in r["stages"]:
+        s["batch_size"], s["augment"] = 16, [{"op": "random_crop", "size": 16, "padding": 2}, {"op": "normalize"}]
+    r["stages"].append({**r["stages"][1], "name": "crt_hard", "method": "crt", "init": "stage3", "params": {"head": "hard"},
+                        "sampler": "class_balanced", "epochs": 1})
+    res = run_recipe(recipe_from_dict(r), out / "run", data=synthetic_bundle(num_classes=6, max_per_class=100, imbalance=10, size=16))
+    (out / f"done{rank}").write_text(" ".join(res["stages"]))
+    shutdown_runtime()
+
+
+def test_ddp_trains_crt_on_ssd_stage_three_hard_head(tmp_path):
+    """The issue's own reproduction: SSD's stages on 2 gloo ranks, then {crt, init: stage3, head: hard}; the
+    soft head it does not train stays frozen (it used to stop DDP at the second step)."""
+    from longtail.engine.checkpoint import load_checkpoint
+
+    mp.spawn(_ssd_then_crt_worker, args=(2, _free_port(), tmp_path), nprocs=2, join=True)
+    stages = "stage1 stage2 stage3 stage3_soft stage4 crt_hard"
+    assert [(tmp_path / f"done{r}").read_text() for r in (0, 1)] == [stages] * 2
+    s3, crt = (load_checkpoint(tmp_path / "run" / s / "final.pt")["model"] for s in ("stage3", "crt_hard"))
+    assert load_checkpoint(tmp_path / "run" / "crt_hard" / "checkpoint.pt")["scheduler"]["global_step"] >= 2
+    soft = [k for k in s3 if k.startswith("heads.soft.")]
+    assert soft and all(torch.equal(s3[k], crt[k]) for k in soft)
+    assert not torch.allclose(s3["heads.hard.fc.weight"], crt["heads.hard.fc.weight"])
