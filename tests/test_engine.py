@@ -140,22 +140,28 @@ class Crash(RuntimeError):
     pass
 
 
-class CrashingCE(CrossEntropy):
-    """Dies at a chosen training step, like a killed process (nothing after the last checkpoint survives)."""
+def crashing(method: type, name: str) -> type:
+    """``method`` that dies at a chosen training step (``crash_at``, counted in ``calls``), like a killed process:
+    nothing after the last checkpoint survives. Registered as ``name``."""
 
-    name = "ce_crash"
-    crash_at = None
-    calls = 0
+    class Crashing(method):
+        crash_at, calls = None, 0
 
-    def loss(self, model, batch, g):
-        CrashingCE.calls += 1
-        if CrashingCE.calls == CrashingCE.crash_at:
-            raise Crash()
-        return super().loss(model, batch, g)
+        def loss(self, model, batch, g):
+            Crashing.calls += 1
+            if Crashing.calls == Crashing.crash_at:
+                raise Crash()
+            return super().loss(model, batch, g)
+
+    Crashing.name, Crashing.__name__ = name, f"Crashing{method.__name__}"
+    METHODS[name] = Crashing
+    return Crashing
+
+
+CrashingCE = crashing(CrossEntropy, "ce_crash")
 
 
 def test_resume_after_crash_mid_epoch_is_exact(uninterrupted, data, tmp_path):
-    METHODS["ce_crash"] = CrashingCE
     steps_per_epoch = -(-len(data.train) // 32)
     CrashingCE.calls, CrashingCE.crash_at = 0, steps_per_epoch + 6  # epoch 1, after the step-4 checkpoint
     recipe = tiny_recipe(method="ce_crash")

@@ -13,12 +13,12 @@ from longtail.engine.pipeline import run_recipe
 from longtail.engine.runtime import setup_runtime
 from longtail.errors import ConfigError
 from longtail.losses import log_prior
-from longtail.methods import METHODS, get_method
+from longtail.methods import get_method
 from longtail.methods.base import Batch
 from longtail.methods.proco import ProCo
 from longtail.models.proco import ClassVMF, log_bessel_iv
 
-from test_engine import Crash, beats_constant_guess, tiny_recipe
+from test_engine import Crash, beats_constant_guess, crashing, tiny_recipe
 
 
 def series_log_iv(nu: float, x: float, terms: int = 4000) -> float:
@@ -158,20 +158,11 @@ def test_proco_learns_and_leaves_its_head_behind(proco_run, data):
     assert ck["metrics"]["top1"] == res["final"]["top1"]
 
 
-class CrashingProCo(ProCo):
-    name = "proco_crash"
-    crash_at, calls = None, 0
-
-    def loss(self, model, batch, g):
-        CrashingProCo.calls += 1
-        if CrashingProCo.calls == CrashingProCo.crash_at:
-            raise Crash()
-        return super().loss(model, batch, g)
+CrashingProCo = crashing(ProCo, "proco_crash")
 
 
 def test_a_run_killed_mid_epoch_resumes_bit_identical(proco_run, data, tmp_path):
     # Killed in epoch 3 after a mid-epoch checkpoint: the estimate's two windows must come back from it as they were.
-    METHODS["proco_crash"] = CrashingProCo
     steps_per_epoch = -(-len(data.train) // 32)
     CrashingProCo.calls, CrashingProCo.crash_at = 0, 3 * steps_per_epoch + 6
     r = proco_recipe(method="proco_crash")

@@ -14,7 +14,6 @@ from longtail.engine.checkpoint import load_checkpoint
 from longtail.engine.pipeline import run_recipe
 from longtail.errors import ConfigError
 from longtail.losses import class_ce, drw_weights, ldam_margins, log_prior
-from longtail.methods import METHODS
 from test_engine import Crash, CrashingCE, tiny_recipe  # noqa: E402  (the engine tests' tiny recipe and crash)
 from longtail.models.classifier import build_classifier
 from longtail.models.experts import ExpertsHead
@@ -126,7 +125,6 @@ POLICY = [{"op": "random_crop", "size": 16, "padding": 2}, {"op": "random_hflip"
 
 @pytest.mark.parametrize("augment", [CROP_FLIP, POLICY], ids=["crop_flip", "autoaugment_cutout"])
 def test_resume_with_mixing_on_is_exact_and_mixing_learns(data, tmp_path, augment):
-    METHODS["ce_crash"] = CrashingCE
     mix = {"kind": "mixup_cutmix", "alpha": 0.4, "switch_prob": 0.5}
     full = run_recipe(tiny("ce_crash", mix=mix, augment=augment), tmp_path / "full", data=data)
     assert full["final"]["top1"] > 100 / 6 + 17  # 6 balanced classes: chance is 16.7 %
