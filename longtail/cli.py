@@ -200,7 +200,7 @@ def cmd_train(args) -> int:
         overrides.append(f"runtime.device={args.device}")
     recipe = load_recipe(args.recipe, overrides, args.epochs_scale)
     out = Path(args.out or Path("runs") / recipe.name.replace("/", "_"))
-    results = run_recipe(recipe, out, data_root=args.data_root, resume=args.resume)
+    results = run_recipe(recipe, out, data_root=args.data_root, resume=args.resume, reuse=args.reuse)
     if int(os.environ.get("RANK", "0")) == 0:
         print(_table(results["stages"]))
         print(f"results: {out / 'results.json'}")
@@ -243,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs-scale", type=float, help="multiply every stage's epochs (at least 1), for quick runs")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe field, e.g. data.imbalance=50")
     t.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
+    t.add_argument("--reuse", action="append", metavar="RUN", default=[],
+                   help="a finished run whose stages with the same settings, data, model and seed are copied, not trained again")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="evaluate a checkpoint: metrics as JSON on stdout, a table on stderr")

@@ -31,6 +31,7 @@ from ..errors import ConfigError
 from .checkpoint import load_checkpoint, remove_stale_temps, write_text_atomic
 from .context import StageContext, init_seed
 from .loop import train_stage
+from .reuse import reuse_stages
 from .runtime import Runtime, code_hash, git_commit, setup_runtime
 
 
@@ -78,10 +79,11 @@ def stale_stages(previous: dict, recipe: Recipe, where: Path) -> list[str]:
 
 
 def run_recipe(recipe: Recipe, out: str | Path, data_root: str | None = None, resume: bool = False,
-               runtime: Runtime | None = None, data: DataBundle | None = None) -> dict:
+               runtime: Runtime | None = None, data: DataBundle | None = None, reuse: list | None = None) -> dict:
     """Train every stage of ``recipe`` into ``out``; return the results dict (also written to results.json).
 
-    ``data`` lets Python callers train on a bundle they built themselves instead of ``recipe.data``.
+    ``data`` lets Python callers train on a bundle they built themselves instead of ``recipe.data``;
+    ``reuse``: finished runs whose identical stages are copied instead of trained (engine/reuse.py).
     """
     out = Path(out)
     t0 = time.perf_counter()
@@ -117,6 +119,8 @@ def run_recipe(recipe: Recipe, out: str | Path, data_root: str | None = None, re
         text = yaml.safe_dump(recipe.to_dict(), sort_keys=False)
         if not resolved.exists() or resolved.read_text() != text:  # a resume leaves an unchanged recipe untouched
             write_text_atomic(resolved, text)
+        for name, src in reuse_stages(recipe, out, [Path(r) for r in reuse or []]).items():
+            print(f"{name}: reused from {src / name}", flush=True)
     rt.barrier()
 
     if recipe.data.on_device:
